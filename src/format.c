@@ -1,0 +1,37 @@
+#include "format.h"
+
+#include <errno.h>
+#include <string.h>
+#include "torchzip.h"
+
+const char *ck_format_name(enum ck_format f)
+{
+	switch (f) {
+	case CK_FORMAT_TORCHZIP: return "torch-zip";
+	case CK_FORMAT_TORCHSCRIPT: return "torchscript";
+	default: return "other";
+	}
+}
+
+int ck_view_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
+		   enum ck_format *fmt, struct ck_err *e)
+{
+	uint8_t magic[4];
+	enum ck_zip_kind kind;
+
+	*out = NULL;
+	*fmt = CK_FORMAT_OTHER;
+	if (src->size < sizeof(magic))
+		return 0;
+	if (ck_src_read(src, magic, sizeof(magic), 0, e))
+		return -1;
+	if (memcmp(magic, "PK\3\4", 4) != 0)
+		return 0;
+	if (ck_torchzip_layout(src, v, out, &kind, e))
+		return -1;
+	if (kind == CK_ZIP_CHECKPOINT)
+		*fmt = CK_FORMAT_TORCHZIP;
+	else if (kind == CK_ZIP_TORCHSCRIPT)
+		*fmt = CK_FORMAT_TORCHSCRIPT;
+	return 0;
+}

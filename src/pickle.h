@@ -1,0 +1,25 @@
+/* Rewrites state-dict keys inside a pickle by reading and writing opcodes.
+ * Nothing is ever executed: the pickle is tokenized and run on a symbolic
+ * stack that only knows strings, containers, globals and tensor rebuilds. */
+#ifndef CKPTFS_PICKLE_H
+#define CKPTFS_PICKLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "buf.h"
+#include "err.h"
+#include "view.h"
+
+enum ck_pickle_result {
+	CK_PICKLE_ERROR = -1,     /* e is set: offset and reason */
+	CK_PICKLE_UNCHANGED = 0,  /* the view needs no change: serve the source */
+	CK_PICKLE_REWRITTEN = 1,  /* out holds the new pickle */
+};
+
+/* Limits that keep hostile input bounded in memory and time. */
+#define CK_PICKLE_MAX_BYTES ((size_t)1 << 30)
+
+enum ck_pickle_result ck_pickle_rewrite(const uint8_t *in, size_t n, const struct ck_view *v,
+					struct ck_buf *out, struct ck_err *e);
+
+#endif

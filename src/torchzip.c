@@ -1,0 +1,504 @@
+/* The torch.save zip archive. Only the end records, the central directory
+ * and data.pkl are read; tensor records are never touched. The view keeps
+ * every record but data.pkl byte for byte and shifts them by a multiple of
+ * 4096, so each keeps its alignment and view pages line up with source
+ * pages: the layout is [records before data.pkl][new data.pkl record]
+ * [the rest of the records, from the source][new central directory]. */
+#include "torchzip.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+#include "pickle.h"
+
+#define SIG_LOCAL 0x04034b50u
+#define SIG_CENTRAL 0x02014b50u
+#define SIG_DESCRIPTOR 0x08074b50u
+#define SIG_EOCD 0x06054b50u
+#define SIG_EOCD64 0x06064b50u
+#define SIG_LOCATOR64 0x07064b50u
+#define EXTRA_ZIP64 0x0001u
+#define EXTRA_PAD 0x4246u /* "FB": the padding field torch's writer uses */
+#define U32_MAX_FIELD 0xFFFFFFFFu
+#define SHIFT_UNIT 4096u
+#define EOCD_LEN 22u
+#define EOCD64_LEN 56u
+#define LOCATOR64_LEN 20u
+#define CENTRAL_LEN 46u
+#define LOCAL_LEN 30u
+
+struct entry {
+	const uint8_t *hdr;           /* the 46-byte fixed part in the central directory */
+	const uint8_t *name, *extra, *comment;
+	uint16_t name_len, extra_len, comment_len;
+	uint64_t usize, csize, lho;   /* zip64 values resolved */
+};
+
+struct archive {
+	const struct ck_src *src;
+	uint8_t *cd;                  /* the central directory bytes */
+	uint64_t cd_off, cd_size;
+	struct entry *ents;
+	size_t n;
+	uint8_t *comment;             /* the archive comment, kept */
+	uint16_t comment_len;
+	struct ck_err *e;
+};
+
+static int bad(struct archive *a, uint64_t off, const char *what)
+{
+	return ck_err_set(a->e, EIO, "zip offset %llu: %s", (unsigned long long)off, what);
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+/* Finds the end of central directory record and, through the zip64 locator
+ * when there is one, the central directory's place and size. */
+static int read_end(struct archive *a, uint64_t *n_entries)
+{
+	const struct ck_src *s = a->src;
+	uint64_t tail_len = s->size < 0xFFFF + EOCD_LEN + LOCATOR64_LEN ? s->size : 0xFFFF + EOCD_LEN + LOCATOR64_LEN;
+	uint64_t tail_off = s->size - tail_len, eocd = UINT64_MAX;
+	uint8_t *t = malloc(tail_len ? tail_len : 1);
+	int rc = -1;
+
+	if (!t)
+		return ck_err_nomem(a->e);
+	if (ck_src_read(s, t, tail_len, tail_off, a->e))
+		goto out;
+	for (uint64_t i = tail_len >= EOCD_LEN ? tail_len - EOCD_LEN + 1 : 0; i-- > 0;) {
+		if (ck_le32(t + i) == SIG_EOCD && i + EOCD_LEN + ck_le16(t + i + 20) <= tail_len) {
+			eocd = i;
+			break;
+		}
+	}
+	if (eocd == UINT64_MAX) {
+		rc = bad(a, s->size, "no end of central directory record");
+		goto out;
+	}
+	const uint8_t *r = t + eocd;
+	*n_entries = ck_le16(r + 10);
+	a->cd_size = ck_le32(r + 12);
+	a->cd_off = ck_le32(r + 16);
+	a->comment_len = ck_le16(r + 20);
+	if (!(a->comment = malloc(a->comment_len + 1u))) {
+		rc = ck_err_nomem(a->e);
+		goto out;
+	}
+	memcpy(a->comment, r + EOCD_LEN, a->comment_len);
+	uint64_t cd_limit = tail_off + eocd;
+	if (eocd >= LOCATOR64_LEN && ck_le32(r - LOCATOR64_LEN) == SIG_LOCATOR64) {
+		uint64_t z = ck_le64(r - LOCATOR64_LEN + 8);
+		uint8_t z64[EOCD64_LEN];
+		if (z > cd_limit - LOCATOR64_LEN || cd_limit - LOCATOR64_LEN - z < EOCD64_LEN) {
+			rc = bad(a, cd_limit - LOCATOR64_LEN, "zip64 locator points outside the file");
+			goto out;
+		}
+		if (ck_src_read(s, z64, sizeof(z64), z, a->e))
+			goto out;
+		if (ck_le32(z64) != SIG_EOCD64) {
+			rc = bad(a, z, "zip64 end record signature missing");
+			goto out;
+		}
+		*n_entries = ck_le64(z64 + 32);
+		a->cd_size = ck_le64(z64 + 40);
+		a->cd_off = ck_le64(z64 + 48);
+		cd_limit = z;
+	}
+	if (a->cd_off > cd_limit || a->cd_size > cd_limit - a->cd_off) {
+		rc = bad(a, a->cd_off, "central directory lies outside the file");
+		goto out;
+	}
+	if (a->cd_size > CK_ZIP_MAX_CD_BYTES) {
+		rc = bad(a, a->cd_off, "central directory larger than the 256 MiB limit");
+		goto out;
+	}
+	if (*n_entries > a->cd_size / CENTRAL_LEN) {
+		rc = bad(a, a->cd_off, "entry count does not fit the central directory");
+		goto out;
+	}
+	rc = 0;
+out:
+	free(t);
+	return rc;
+}
+
+/* Resolves the 0xFFFFFFFF fields of an entry from its zip64 extra. */
+static int resolve_zip64(struct archive *a, struct entry *x, uint64_t at)
+{
+	bool need_u = ck_le32(x->hdr + 24) == U32_MAX_FIELD, need_c = ck_le32(x->hdr + 20) == U32_MAX_FIELD,
+	     need_o = ck_le32(x->hdr + 42) == U32_MAX_FIELD;
+	size_t p = 0;
+
+	x->usize = ck_le32(x->hdr + 24);
+	x->csize = ck_le32(x->hdr + 20);
+	x->lho = ck_le32(x->hdr + 42);
+	if (!need_u && !need_c && !need_o)
+		return 0;
+	while (p + 4 <= x->extra_len) {
+		uint16_t id = ck_le16(x->extra + p), len = ck_le16(x->extra + p + 2);
+		const uint8_t *f = x->extra + p + 4, *end = f + len;
+		if (p + 4 + len > x->extra_len)
+			break;
+		if (id == EXTRA_ZIP64) {
+			if (need_u && f + 8 <= end)
+				x->usize = ck_le64(f), f += 8;
+			if (need_c && f + 8 <= end)
+				x->csize = ck_le64(f), f += 8;
+			if (need_o && f + 8 <= end)
+				x->lho = ck_le64(f), f += 8;
+			if ((need_u && x->usize == U32_MAX_FIELD) || (need_c && x->csize == U32_MAX_FIELD) ||
+			    (need_o && x->lho == U32_MAX_FIELD))
+				break;
+			return 0;
+		}
+		p += 4u + len;
+	}
+	return bad(a, at, "zip64 extra field missing or short");
+}
+
+static int read_central(struct archive *a, uint64_t n_entries)
+{
+	uint64_t p = 0;
+
+	if (!(a->cd = malloc(a->cd_size ? a->cd_size : 1)) || !(a->ents = calloc(n_entries ? n_entries : 1, sizeof(*a->ents))))
+		return ck_err_nomem(a->e);
+	if (ck_src_read(a->src, a->cd, a->cd_size, a->cd_off, a->e))
+		return -1;
+	for (a->n = 0; a->n < n_entries; a->n++) {
+		struct entry *x = &a->ents[a->n];
+		uint64_t at = a->cd_off + p;
+
+		if (a->cd_size - p < CENTRAL_LEN || ck_le32(a->cd + p) != SIG_CENTRAL)
+			return bad(a, at, "central directory entry signature missing");
+		x->hdr = a->cd + p;
+		x->name_len = ck_le16(x->hdr + 28);
+		x->extra_len = ck_le16(x->hdr + 30);
+		x->comment_len = ck_le16(x->hdr + 32);
+		if ((uint64_t)CENTRAL_LEN + x->name_len + x->extra_len + x->comment_len > a->cd_size - p)
+			return bad(a, at, "central directory entry runs past the directory");
+		x->name = x->hdr + CENTRAL_LEN;
+		x->extra = x->name + x->name_len;
+		x->comment = x->extra + x->extra_len;
+		if (resolve_zip64(a, x, at))
+			return -1;
+		if (x->lho > a->cd_off || a->cd_off - x->lho < LOCAL_LEN)
+			return bad(a, at, "local header offset lies outside the records");
+		p += CENTRAL_LEN + x->name_len + x->extra_len + x->comment_len;
+	}
+	return 0;
+}
+
+static void archive_free(struct archive *a)
+{
+	free(a->cd);
+	free(a->ents);
+	free(a->comment);
+}
+
+static const struct entry *find(const struct archive *a, const uint8_t *dir, size_t dl, const char *rec)
+{
+	size_t rl = strlen(rec);
+
+	for (size_t i = 0; i < a->n; i++) {
+		const struct entry *x = &a->ents[i];
+		if (x->name_len == dl + 1 + rl && memcmp(x->name, dir, dl) == 0 && x->name[dl] == '/' &&
+		    memcmp(x->name + dl + 1, rec, rl) == 0)
+			return x;
+	}
+	return NULL;
+}
+
+/* What kind of zip this is; *pkl is the data.pkl entry of a checkpoint. */
+static enum ck_zip_kind classify(const struct archive *a, const struct entry **pkl)
+{
+	const uint8_t *slash;
+	size_t dl;
+
+	if (a->n == 0 || !(slash = memchr(a->ents[0].name, '/', a->ents[0].name_len)))
+		return CK_ZIP_NOT_TORCH;
+	dl = (size_t)(slash - a->ents[0].name);
+	for (size_t i = 0; i < a->n; i++)
+		if (a->ents[i].name_len <= dl || memcmp(a->ents[i].name, a->ents[0].name, dl + 1) != 0)
+			return CK_ZIP_NOT_TORCH; /* torch.load itself refuses such archives */
+	if (find(a, a->ents[0].name, dl, "constants.pkl"))
+		return CK_ZIP_TORCHSCRIPT;
+	if (!find(a, a->ents[0].name, dl, "version") && !find(a, a->ents[0].name, dl, ".data/version"))
+		return CK_ZIP_NOT_TORCH;
+	*pkl = find(a, a->ents[0].name, dl, "data.pkl");
+	return *pkl ? CK_ZIP_CHECKPOINT : CK_ZIP_NOT_TORCH;
+}
+
+/* The end of data.pkl's record: the next local header, or the directory. */
+static int record_end(const struct archive *a, const struct entry *pkl, uint64_t data_end, uint64_t *end)
+{
+	*end = a->cd_off;
+	for (size_t i = 0; i < a->n; i++) {
+		uint64_t o = a->ents[i].lho;
+		if (&a->ents[i] == pkl)
+			continue;
+		if (o >= pkl->lho && o < data_end)
+			return ck_err_set(a->e, EIO, "zip offset %llu: entry '%.*s' overlaps data.pkl",
+					  (unsigned long long)o, (int)a->ents[i].name_len, a->ents[i].name);
+		if (o >= data_end && o < *end)
+			*end = o;
+	}
+	return 0;
+}
+
+static int inflate_exact(struct archive *a, const uint8_t *in, uint64_t inlen, uint8_t *out, uint64_t outlen,
+			 uint64_t at)
+{
+	z_stream z = {0};
+	int r;
+
+	if (inflateInit2(&z, -MAX_WBITS) != Z_OK)
+		return ck_err_nomem(a->e);
+	z.next_in = (uint8_t *)in;
+	z.avail_in = (uInt)inlen;
+	z.next_out = out;
+	z.avail_out = (uInt)outlen;
+	r = inflate(&z, Z_FINISH);
+	inflateEnd(&z);
+	if (r != Z_STREAM_END || z.total_out != outlen)
+		return bad(a, at, "deflated data.pkl does not inflate to its recorded size");
+	return 0;
+}
+
+/* Reads data.pkl's bytes (inflating a deflated one) and where its data ends. */
+static int read_pickle(struct archive *a, const struct entry *x, uint8_t **pkl, uint64_t *data_end)
+{
+	uint8_t lh[LOCAL_LEN], *raw = NULL;
+	uint16_t method = ck_le16(x->hdr + 10);
+	uint64_t data;
+	int rc = -1;
+
+	if (ck_src_read(a->src, lh, sizeof(lh), x->lho, a->e))
+		return -1;
+	if (ck_le32(lh) != SIG_LOCAL)
+		return bad(a, x->lho, "data.pkl local header signature missing");
+	data = x->lho + LOCAL_LEN + ck_le16(lh + 26) + ck_le16(lh + 28);
+	if (data > a->cd_off || x->csize > a->cd_off - data)
+		return bad(a, x->lho, "data.pkl runs into the central directory");
+	if (x->usize > CK_ZIP_MAX_PICKLE_BYTES || x->csize > CK_ZIP_MAX_PICKLE_BYTES)
+		return bad(a, x->lho, "data.pkl larger than the 1 GiB limit");
+	if (method == 0 && x->csize != x->usize)
+		return bad(a, x->lho, "stored data.pkl with different compressed and real sizes");
+	if (method != 0 && method != 8)
+		return bad(a, x->lho, "data.pkl compressed with a method other than deflate");
+	*data_end = data + x->csize;
+	if (!(*pkl = malloc(x->usize ? x->usize : 1)) || (method == 8 && !(raw = malloc(x->csize ? x->csize : 1))))
+		goto nomem;
+	if (ck_src_read(a->src, method == 8 ? raw : *pkl, x->csize, data, a->e))
+		goto out;
+	if (method == 8 && inflate_exact(a, raw, x->csize, *pkl, x->usize, data))
+		goto out;
+	rc = 0;
+	goto out;
+nomem:
+	rc = ck_err_nomem(a->e);
+out:
+	free(raw);
+	return rc;
+}
+
+/* ---- writing --------------------------------------------------------------- */
+
+static bool needs64(uint64_t v) { return v >= U32_MAX_FIELD; }
+static uint32_t field32(uint64_t v) { return needs64(v) ? U32_MAX_FIELD : (uint32_t)v; }
+
+/* The zip64 extra for the fields that overflow, in the order the spec sets. */
+static void put_zip64_extra(struct ck_buf *b, bool sizes, uint64_t usize, uint64_t csize, bool off, uint64_t lho)
+{
+	if (!sizes && !off)
+		return;
+	ck_buf_u16le(b, EXTRA_ZIP64);
+	ck_buf_u16le(b, (uint16_t)((sizes ? 16 : 0) + (off ? 8 : 0)));
+	if (sizes) {
+		ck_buf_u64le(b, usize);
+		ck_buf_u64le(b, csize);
+	}
+	if (off)
+		ck_buf_u64le(b, lho);
+}
+
+/* One central directory entry, from the source's with new values; extras
+ * other than zip64 are kept. */
+static void put_central(struct ck_buf *b, const struct entry *x, uint16_t flags, uint16_t method, uint32_t crc,
+			uint64_t usize, uint64_t csize, uint64_t lho)
+{
+	bool sizes = needs64(usize) || needs64(csize), off = needs64(lho);
+	struct ck_buf extra = {0};
+	size_t p = 0;
+
+	put_zip64_extra(&extra, sizes, usize, csize, off, lho);
+	while (p + 4 <= x->extra_len && p + 4u + ck_le16(x->extra + p + 2) <= x->extra_len) {
+		size_t flen = 4u + ck_le16(x->extra + p + 2);
+		if (ck_le16(x->extra + p) != EXTRA_ZIP64)
+			ck_buf_append(&extra, x->extra + p, flen);
+		p += flen;
+	}
+	ck_buf_append(b, x->hdr, 8);           /* signature, made by, needed */
+	ck_buf_u16le(b, flags);
+	ck_buf_u16le(b, method);
+	ck_buf_append(b, x->hdr + 12, 4);      /* time, date */
+	ck_buf_u32le(b, crc);
+	ck_buf_u32le(b, sizes ? U32_MAX_FIELD : (uint32_t)csize);
+	ck_buf_u32le(b, sizes ? U32_MAX_FIELD : (uint32_t)usize);
+	ck_buf_u16le(b, x->name_len);
+	ck_buf_u16le(b, (uint16_t)(extra.len <= 0xFFFF ? extra.len : 0));
+	ck_buf_u16le(b, x->comment_len);
+	ck_buf_append(b, x->hdr + 34, 8);      /* disk, internal and external attributes */
+	ck_buf_u32le(b, field32(lho));
+	ck_buf_append(b, x->name, x->name_len);
+	if (extra.len <= 0xFFFF)
+		ck_buf_append(b, extra.data, extra.len);
+	ck_buf_append(b, x->comment, x->comment_len);
+	if (extra.failed)
+		b->failed = 1;
+	ck_buf_free(&extra);
+}
+
+/* data.pkl's new record as torch's writer lays it out (stored, descriptor,
+ * FB padding), with a pad that makes the record end at `end_mod` modulo
+ * SHIFT_UNIT so that every later record keeps its page offset. */
+static void put_pickle_record(struct ck_buf *b, const struct entry *x, uint64_t lho, const uint8_t *pkl,
+			      uint64_t len, uint32_t crc, uint64_t end_mod)
+{
+	bool sizes = needs64(len), off = needs64(lho), z64 = sizes || off;
+	uint64_t zlen = z64 ? 4u + (sizes ? 16u : 0u) + (off ? 8u : 0u) : 0;
+	uint64_t desc = z64 ? 24 : 16;
+	uint64_t before_pad = lho + LOCAL_LEN + x->name_len + zlen + 4;
+	uint16_t pad = (uint16_t)((end_mod + SHIFT_UNIT - (before_pad + len + desc) % SHIFT_UNIT) % SHIFT_UNIT);
+
+	ck_buf_u32le(b, SIG_LOCAL);
+	ck_buf_u16le(b, z64 ? 45 : 0);
+	ck_buf_u16le(b, 0x0808);               /* sizes in the descriptor, UTF-8 name */
+	ck_buf_fill(b, 0, 2 + 4 + 4 + 4 + 4);  /* stored, time, date, crc and sizes follow the data */
+	ck_buf_u16le(b, x->name_len);
+	ck_buf_u16le(b, (uint16_t)(zlen + 4 + pad));
+	ck_buf_append(b, x->name, x->name_len);
+	/* locally, a zip64 size pair has a zero compressed size, as torch writes it */
+	put_zip64_extra(b, sizes, len, 0, off, lho);
+	ck_buf_u16le(b, EXTRA_PAD);
+	ck_buf_u16le(b, pad);
+	ck_buf_fill(b, 'Z', pad);
+	ck_buf_append(b, pkl, len);
+	ck_buf_u32le(b, SIG_DESCRIPTOR);
+	ck_buf_u32le(b, crc);
+	if (z64) {
+		ck_buf_u64le(b, len);
+		ck_buf_u64le(b, len);
+	} else {
+		ck_buf_u32le(b, (uint32_t)len);
+		ck_buf_u32le(b, (uint32_t)len);
+	}
+}
+
+static void put_end_records(struct ck_buf *b, uint64_t n, uint64_t cd_off, uint64_t cd_size,
+			    const uint8_t *comment, uint16_t comment_len)
+{
+	uint64_t z = cd_off + cd_size;
+
+	ck_buf_u32le(b, SIG_EOCD64);
+	ck_buf_u64le(b, EOCD64_LEN - 12);
+	ck_buf_u16le(b, 0x031E);
+	ck_buf_u16le(b, 0x002D);
+	ck_buf_u32le(b, 0);
+	ck_buf_u32le(b, 0);
+	ck_buf_u64le(b, n);
+	ck_buf_u64le(b, n);
+	ck_buf_u64le(b, cd_size);
+	ck_buf_u64le(b, cd_off);
+	ck_buf_u32le(b, SIG_LOCATOR64);
+	ck_buf_u32le(b, 0);
+	ck_buf_u64le(b, z);
+	ck_buf_u32le(b, 1);
+	ck_buf_u32le(b, SIG_EOCD);
+	ck_buf_u32le(b, 0);
+	ck_buf_u16le(b, (uint16_t)(n < 0xFFFF ? n : 0xFFFF));
+	ck_buf_u16le(b, (uint16_t)(n < 0xFFFF ? n : 0xFFFF));
+	ck_buf_u32le(b, field32(cd_size));
+	ck_buf_u32le(b, field32(cd_off));
+	ck_buf_u16le(b, comment_len);
+	ck_buf_append(b, comment, comment_len);
+}
+
+static int relayout(struct archive *a, const struct entry *pkl_ent, const struct ck_buf *pkl, uint64_t old_end,
+		    struct ck_layout **out)
+{
+	struct ck_layout_builder lb = {0};
+	struct ck_buf rec = {0}, cd = {0};
+	uint32_t crc = (uint32_t)crc32(0L, Z_NULL, 0);
+	uint64_t new_end, cd_off;
+	int64_t shift;
+
+	for (size_t done = 0; done < pkl->len;) { /* crc32's length is an uInt */
+		size_t k = pkl->len - done < (1u << 30) ? pkl->len - done : (1u << 30);
+		crc = (uint32_t)crc32(crc, pkl->data + done, (uInt)k);
+		done += k;
+	}
+	put_pickle_record(&rec, pkl_ent, pkl_ent->lho, pkl->data, pkl->len, crc, old_end % SHIFT_UNIT);
+	new_end = pkl_ent->lho + rec.len;
+	shift = (int64_t)(new_end - old_end);
+	cd_off = a->cd_off + (uint64_t)shift;
+	for (size_t i = 0; i < a->n; i++) {
+		const struct entry *x = &a->ents[i];
+		if (x == pkl_ent)
+			put_central(&cd, x, 0x0808, 0, crc, pkl->len, pkl->len, x->lho);
+		else
+			put_central(&cd, x, ck_le16(x->hdr + 8), ck_le16(x->hdr + 10), ck_le32(x->hdr + 16), x->usize,
+				    x->csize, x->lho > pkl_ent->lho ? x->lho + (uint64_t)shift : x->lho);
+	}
+	put_end_records(&cd, a->n, cd_off, cd.len, a->comment, a->comment_len);
+	ck_layout_add_src(&lb, 0, pkl_ent->lho);
+	ck_layout_add_mem(&lb, rec.data, rec.len);
+	ck_layout_add_src(&lb, old_end, a->cd_off - old_end);
+	ck_layout_add_mem(&lb, cd.data, cd.len);
+	if (rec.failed || cd.failed)
+		lb.failed = 1;
+	ck_buf_free(&rec);
+	ck_buf_free(&cd);
+	*out = ck_layout_finish(&lb, a->e);
+	return *out ? 0 : -1;
+}
+
+int ck_torchzip_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
+		       enum ck_zip_kind *kind, struct ck_err *e)
+{
+	struct archive a = {.src = src, .e = e};
+	const struct entry *pkl_ent = NULL;
+	struct ck_buf pkl = {0};
+	uint8_t *orig = NULL;
+	uint64_t n_entries, data_end, old_end;
+	int rc = -1;
+
+	*out = NULL;
+	*kind = CK_ZIP_NOT_TORCH;
+	if (read_end(&a, &n_entries) || read_central(&a, n_entries))
+		goto out;
+	*kind = classify(&a, &pkl_ent);
+	if (*kind != CK_ZIP_CHECKPOINT) {
+		rc = 0;
+		goto out;
+	}
+	if (read_pickle(&a, pkl_ent, &orig, &data_end) || record_end(&a, pkl_ent, data_end, &old_end))
+		goto out;
+	switch (ck_pickle_rewrite(orig, pkl_ent->usize, v, &pkl, e)) {
+	case CK_PICKLE_ERROR:
+		ck_err_context(e, "%.*s: ", (int)pkl_ent->name_len, pkl_ent->name);
+		goto out;
+	case CK_PICKLE_UNCHANGED:
+		rc = 0;
+		goto out;
+	case CK_PICKLE_REWRITTEN:
+		rc = relayout(&a, pkl_ent, &pkl, old_end, out);
+	}
+out:
+	free(orig);
+	ck_buf_free(&pkl);
+	archive_free(&a);
+	return rc;
+}

@@ -1,0 +1,35 @@
+/* View rules: how a view renames state-dict keys. A pure string function;
+ * it knows nothing of pickles or files. */
+#ifndef CKPTFS_VIEW_H
+#define CKPTFS_VIEW_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define CK_VIEW_MAX_STRIP 8
+
+struct ck_view {
+	const char *name;                       /* top-level directory name */
+	const char *strip[CK_VIEW_MAX_STRIP];   /* wrapper prefixes, each ending in '.' */
+	size_t nstrip;
+	const char *add;                        /* prefix to add after stripping, ending in '.', or NULL */
+};
+
+/* The built-in views: plain (strip "module.") and ddp (plain, then add "module."). */
+extern const struct ck_view ck_view_plain;
+extern const struct ck_view ck_view_ddp;
+
+/* The new name of a state-dict key: every leading wrapper component is
+ * stripped (repeatedly, in any order), then `add` is prepended. Returns a
+ * malloc'ed string of *outlen bytes, or NULL on allocation failure. */
+char *ck_view_key(const struct ck_view *v, const char *key, size_t len, size_t *outlen);
+
+/* The same for a `_metadata` key, whose names are module paths without the
+ * trailing dot: "module" means the wrapper's child, "" the root. */
+char *ck_view_meta_key(const struct ck_view *v, const char *key, size_t len, size_t *outlen);
+
+/* Whether the view inserts the wrapper's own ('', {'version': 1}) entry
+ * at the head of `_metadata` (views that add a prefix do). */
+static inline bool ck_view_adds_wrapper(const struct ck_view *v) { return v->add != NULL; }
+
+#endif
