@@ -326,8 +326,8 @@ static void put_zip64_extra(struct ck_buf *b, bool sizes, uint64_t usize, uint64
 
 /* One central directory entry, from the source's with new values; extras
  * other than zip64 are kept. */
-static void put_central(struct ck_buf *b, const struct entry *x, uint16_t flags, uint16_t method, uint32_t crc,
-			uint64_t usize, uint64_t csize, uint64_t lho)
+static void put_central(struct ck_buf *b, const struct entry *x, uint16_t needed, uint16_t flags, uint16_t method,
+			uint32_t crc, uint64_t usize, uint64_t csize, uint64_t lho)
 {
 	bool sizes = needs64(usize) || needs64(csize), off = needs64(lho);
 	struct ck_buf extra = {0};
@@ -340,7 +340,8 @@ static void put_central(struct ck_buf *b, const struct entry *x, uint16_t flags,
 			ck_buf_append(&extra, x->extra + p, flen);
 		p += flen;
 	}
-	ck_buf_append(b, x->hdr, 8);           /* signature, made by, needed */
+	ck_buf_append(b, x->hdr, 6);           /* signature, made by */
+	ck_buf_u16le(b, needed);
 	ck_buf_u16le(b, flags);
 	ck_buf_u16le(b, method);
 	ck_buf_append(b, x->hdr + 12, 4);      /* time, date */
@@ -361,6 +362,9 @@ static void put_central(struct ck_buf *b, const struct entry *x, uint16_t flags,
 	ck_buf_free(&extra);
 }
 
+/* The zip version a stored record needs: 4.5 with zip64 fields. */
+static uint16_t pickle_needed(bool z64) { return z64 ? 45 : 0; }
+
 /* data.pkl's new record as torch's writer lays it out (stored, descriptor,
  * FB padding), with a pad that makes the record end at `end_mod` modulo
  * SHIFT_UNIT so that every later record keeps its page offset. */
@@ -374,9 +378,11 @@ static void put_pickle_record(struct ck_buf *b, const struct entry *x, uint64_t 
 	uint16_t pad = (uint16_t)((end_mod + SHIFT_UNIT - (before_pad + len + desc) % SHIFT_UNIT) % SHIFT_UNIT);
 
 	ck_buf_u32le(b, SIG_LOCAL);
-	ck_buf_u16le(b, z64 ? 45 : 0);
+	ck_buf_u16le(b, pickle_needed(z64));
 	ck_buf_u16le(b, 0x0808);               /* sizes in the descriptor, UTF-8 name */
-	ck_buf_fill(b, 0, 2 + 4 + 4 + 4 + 4);  /* stored, time, date, crc and sizes follow the data */
+	ck_buf_u16le(b, 0);                    /* stored */
+	ck_buf_append(b, x->hdr + 12, 4);      /* the entry's time and date, which readers compare */
+	ck_buf_fill(b, 0, 4 + 4 + 4);          /* crc and sizes follow the data */
 	ck_buf_u16le(b, x->name_len);
 	ck_buf_u16le(b, (uint16_t)(zlen + 4 + pad));
 	ck_buf_append(b, x->name, x->name_len);
@@ -447,10 +453,12 @@ static int relayout(struct archive *a, const struct entry *pkl_ent, const struct
 	for (size_t i = 0; i < a->n; i++) {
 		const struct entry *x = &a->ents[i];
 		if (x == pkl_ent)
-			put_central(&cd, x, 0x0808, 0, crc, pkl->len, pkl->len, x->lho);
+			put_central(&cd, x, pickle_needed(needs64(pkl->len) || needs64(x->lho)), 0x0808, 0, crc,
+				    pkl->len, pkl->len, x->lho);
 		else
-			put_central(&cd, x, ck_le16(x->hdr + 8), ck_le16(x->hdr + 10), ck_le32(x->hdr + 16), x->usize,
-				    x->csize, x->lho > pkl_ent->lho ? x->lho + (uint64_t)shift : x->lho);
+			put_central(&cd, x, ck_le16(x->hdr + 6), ck_le16(x->hdr + 8), ck_le16(x->hdr + 10),
+				    ck_le32(x->hdr + 16), x->usize, x->csize,
+				    x->lho > pkl_ent->lho ? x->lho + (uint64_t)shift : x->lho);
 	}
 	put_end_records(&cd, a->n, cd_off, cd.len, a->comment, a->comment_len);
 	ck_layout_add_src(&lb, 0, pkl_ent->lho);
