@@ -622,19 +622,51 @@ static int run(struct machine *m)
 
 enum { F_SEEN_CAND = 4, F_SEEN_OTHER = 8, F_STATE_DICT = 16 };
 
+/* A parameter path: module and parameter names joined by dots. File paths
+ * (Lightning's best_k_models maps checkpoint paths to scores) are not. */
+static bool is_param_path(const struct machine *m, const struct obj *key)
+{
+	if (key->kind != K_STR || key->b == 0)
+		return false;
+	for (uint32_t i = 0; i < key->b; i++) {
+		uint8_t c = m->in[key->a + i];
+		if (c <= ' ' || c == '/' || c == '\\' || c == 0x7f)
+			return false;
+	}
+	return true;
+}
+
 static bool is_state_dict(const struct machine *m, const struct dict *d)
 {
 	if (d->n == 0 && d->meta == NONE_ID)
 		return false;
 	for (uint32_t k = 0; k < d->n; k++)
-		if (m->objs[d->items[k].key].kind != K_STR || m->objs[d->items[k].val].kind != K_TENSOR)
+		if (!is_param_path(m, &m->objs[d->items[k].key]) || m->objs[d->items[k].val].kind != K_TENSOR)
 			return false;
 	return true;
 }
 
+static bool has_key(const struct machine *m, const struct dict *d, const char *name)
+{
+	size_t n = strlen(name);
+	for (uint32_t k = 0; k < d->n; k++) {
+		const struct obj *key = &m->objs[d->items[k].key];
+		if (key->kind == K_STR && key->b == n && memcmp(m->in + key->a, name, n) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Optimizer.state_dict(): per-parameter state ({'exp_avg': tensor, ...})
+ * under parameter ids, which may be strings too. Never walked into. */
+static bool is_optimizer_state(const struct machine *m, const struct dict *d)
+{
+	return has_key(m, d, "state") && has_key(m, d, "param_groups");
+}
+
 /* Walks from the root through dicts, lists and tuples only (never into an
- * object's state), marking state dicts. A dict under a non-string key (an
- * optimizer's per-parameter state) is walked into but is no state dict. */
+ * object's state), marking state dicts. A dict under a non-string key is
+ * walked into but is no state dict. */
 static int find_state_dicts(struct machine *m, uint32_t root)
 {
 	struct todo { uint32_t obj; bool cand; } *todo = NULL;
@@ -674,6 +706,8 @@ static int find_state_dicts(struct machine *m, uint32_t root)
 			o->flags |= F_STATE_DICT;
 			continue;
 		}
+		if (is_optimizer_state(m, d))
+			continue;
 		bool str_keys = true;
 		for (uint32_t k = 0; k < d->n; k++)
 			str_keys &= m->objs[d->items[k].key].kind == K_STR;

@@ -298,6 +298,35 @@ static void test_not_state_dicts(void)
 	expect_unchanged("optimizer state under integer keys is no state dict", &b, &ck_view_ddp);
 	ck_buf_free(&b);
 
+	/* {'state': {'0': {'module.x': t}}, 'param_groups': []}: string parameter ids */
+	pk_proto(&b, 2);
+	pk_op(&b, '}');
+	pk_op(&b, '(');
+	pk_str(&b, "state");
+	pk_op(&b, '}');
+	pk_str(&b, "0");
+	pk_op(&b, '}');
+	pk_str(&b, "module.x");
+	pk_tensor(&b, REBUILD, 1);
+	pk_op(&b, 's');
+	pk_op(&b, 's');
+	pk_str(&b, "param_groups");
+	pk_op(&b, ']');
+	pk_op(&b, 'u');
+	pk_op(&b, '.');
+	expect_unchanged("an optimizer state dict is never walked into", &b, &ck_view_plain);
+	ck_buf_free(&b);
+
+	/* Lightning's best_k_models: checkpoint paths mapped to scores */
+	pk_proto(&b, 2);
+	pk_op(&b, '}');
+	pk_str(&b, "/ckpts/epoch=3.ckpt");
+	pk_tensor(&b, REBUILD, 1);
+	pk_op(&b, 's');
+	pk_op(&b, '.');
+	expect_unchanged("a dict keyed by file paths is no state dict", &b, &ck_view_ddp);
+	ck_buf_free(&b);
+
 	/* a whole nn.Module: its _parameters live in object state, never walked */
 	pk_proto(&b, 2);
 	pk_global(&b, "torch.nn.modules.linear", "Linear");
