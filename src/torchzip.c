@@ -496,7 +496,9 @@ int ck_torchzip_layout(const struct ck_src *src, const struct ck_view *v, struct
 		goto out;
 	switch (ck_pickle_rewrite(orig, pkl_ent->usize, v, &pkl, e)) {
 	case CK_PICKLE_ERROR:
-		ck_err_context(e, "%.*s: ", (int)pkl_ent->name_len, pkl_ent->name);
+		ck_err_context(e, "%.*s (data at file offset %llu%s): ", (int)pkl_ent->name_len, pkl_ent->name,
+			       (unsigned long long)(data_end - pkl_ent->csize),
+			       ck_le16(pkl_ent->hdr + 10) ? ", deflated" : "");
 		goto out;
 	case CK_PICKLE_UNCHANGED:
 		rc = 0;
