@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include "legacy.h"
 #include "torchzip.h"
 
 const char *ck_format_name(enum ck_format f)
@@ -9,6 +10,7 @@ const char *ck_format_name(enum ck_format f)
 	switch (f) {
 	case CK_FORMAT_TORCHZIP: return "torch-zip";
 	case CK_FORMAT_TORCHSCRIPT: return "torchscript";
+	case CK_FORMAT_LEGACY: return "torch-legacy";
 	default: return "other";
 	}
 }
@@ -16,16 +18,20 @@ const char *ck_format_name(enum ck_format f)
 int ck_view_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
 		   enum ck_format *fmt, struct ck_err *e)
 {
-	uint8_t magic[4];
+	uint8_t head[16];
 	enum ck_zip_kind kind;
 
 	*out = NULL;
 	*fmt = CK_FORMAT_OTHER;
-	if (src->size < sizeof(magic))
+	if (src->size < sizeof(head))
 		return 0;
-	if (ck_src_read(src, magic, sizeof(magic), 0, e))
+	if (ck_src_read(src, head, sizeof(head), 0, e))
 		return -1;
-	if (memcmp(magic, "PK\3\4", 4) != 0)
+	if (ck_legacy_detect(head, sizeof(head))) {
+		*fmt = CK_FORMAT_LEGACY;
+		return ck_legacy_layout(src, v, out, e);
+	}
+	if (memcmp(head, "PK\3\4", 4) != 0)
 		return 0;
 	if (ck_torchzip_layout(src, v, out, &kind, e))
 		return -1;

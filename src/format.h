@@ -11,6 +11,7 @@ enum ck_format {
 	CK_FORMAT_OTHER = 0,    /* not a checkpoint: passes through */
 	CK_FORMAT_TORCHZIP,
 	CK_FORMAT_TORCHSCRIPT,  /* passes through, never parsed */
+	CK_FORMAT_LEGACY,       /* torch before 1.6 */
 };
 
 const char *ck_format_name(enum ck_format f);

@@ -179,34 +179,61 @@ static size_t op_length(const uint8_t *in, size_t n, size_t p, bool *known)
 	return 1 + (size_t)len;
 }
 
-static int tokenize(struct machine *m)
+/* Walks the opcodes to STOP, recording them when `record`. Returns the
+ * pickle's length, or 0 with e set; *short_input tells the input ended
+ * before STOP (a caller reading a prefix of a file may read more). */
+static size_t scan(struct machine *m, bool record, bool *short_input)
 {
 	size_t p = 0;
 
-	if (m->n > CK_PICKLE_MAX_BYTES)
-		return ck_err_set(m->e, EFBIG, "pickle of %zu bytes exceeds the %zu-byte limit", m->n,
-				  CK_PICKLE_MAX_BYTES);
+	*short_input = false;
+	if (m->n > CK_PICKLE_MAX_BYTES) {
+		ck_err_set(m->e, EFBIG, "pickle of %zu bytes exceeds the %zu-byte limit", m->n, CK_PICKLE_MAX_BYTES);
+		return 0;
+	}
 	for (;;) {
 		bool known;
 		size_t len;
-		struct op *o;
 
-		if (p >= m->n)
-			return ck_err_set(m->e, EIO, "pickle offset %zu: ends without STOP", p);
-		len = op_length(m->in, m->n, p, &known);
-		if (!known)
-			return ck_err_set(m->e, EIO, "pickle offset %zu: unknown opcode 0x%02x", p, m->in[p]);
-		if (!len)
-			return ck_err_set(m->e, EIO, "pickle offset %zu: opcode 0x%02x runs past the end (%zu bytes)",
-					  p, m->in[p], m->n);
-		if (GROW(m, ops, capops, nops))
-			return ck_err_nomem(m->e);
-		o = &m->ops[m->nops++];
-		*o = (struct op){.pos = (uint32_t)p, .len = (uint32_t)len};
-		p += len;
-		if (m->in[o->pos] == '.')
+		if (p >= m->n) {
+			*short_input = true;
+			ck_err_set(m->e, EIO, "pickle offset %zu: ends without STOP", p);
 			return 0;
+		}
+		len = op_length(m->in, m->n, p, &known);
+		if (!known) {
+			ck_err_set(m->e, EIO, "pickle offset %zu: unknown opcode 0x%02x", p, m->in[p]);
+			return 0;
+		}
+		if (!len) {
+			*short_input = true;
+			ck_err_set(m->e, EIO, "pickle offset %zu: opcode 0x%02x runs past the end (%zu bytes)", p,
+				   m->in[p], m->n);
+			return 0;
+		}
+		if (record) {
+			if (GROW(m, ops, capops, nops)) {
+				ck_err_nomem(m->e);
+				return 0;
+			}
+			m->ops[m->nops++] = (struct op){.pos = (uint32_t)p, .len = (uint32_t)len};
+		}
+		p += len;
+		if (m->in[p - len] == '.')
+			return p;
 	}
+}
+
+static int tokenize(struct machine *m)
+{
+	bool short_input;
+	return scan(m, true, &short_input) ? 0 : -1;
+}
+
+size_t ck_pickle_span(const uint8_t *in, size_t n, bool *short_input, struct ck_err *e)
+{
+	struct machine m = {.in = in, .n = n, .e = e};
+	return scan(&m, false, short_input);
 }
 
 /* ---- the symbolic machine ----------------------------------------------- */

@@ -4,6 +4,7 @@
 #ifndef CKPTFS_PICKLE_H
 #define CKPTFS_PICKLE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "buf.h"
@@ -18,6 +19,10 @@ enum ck_pickle_result {
 
 /* Limits that keep hostile input bounded in memory and time. */
 #define CK_PICKLE_MAX_BYTES ((size_t)1 << 30)
+
+/* The length of the pickle at the start of in (through its STOP), or 0 with
+ * e set; *short_input tells the bytes ended before STOP. */
+size_t ck_pickle_span(const uint8_t *in, size_t n, bool *short_input, struct ck_err *e);
 
 enum ck_pickle_result ck_pickle_rewrite(const uint8_t *in, size_t n, const struct ck_view *v,
 					struct ck_buf *out, struct ck_err *e);

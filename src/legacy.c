@@ -1,0 +1,84 @@
+#include "legacy.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include "pickle.h"
+
+/* pickle.dumps(0x1950a86a20f9469cfc6c, protocol=2): torch's MAGIC_NUMBER */
+static const uint8_t magic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46,
+				0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e};
+
+/* pickles before the object: magic, protocol version, sys_info */
+#define PICKLES_BEFORE_OBJECT 3
+#define FIRST_WINDOW ((size_t)64 << 10)
+
+bool ck_legacy_detect(const uint8_t *head, size_t n)
+{
+	return n >= sizeof(magic) && memcmp(head, magic, sizeof(magic)) == 0;
+}
+
+/* Reads the pickle starting at off into *buf, growing the window until its
+ * STOP is in it. */
+static int read_pickle(const struct ck_src *s, uint64_t off, uint8_t **buf, size_t *len, struct ck_err *e)
+{
+	size_t w = FIRST_WINDOW;
+
+	*buf = NULL;
+	for (;;) {
+		bool short_input;
+		uint8_t *p;
+		size_t got = s->size - off < w ? (size_t)(s->size - off) : w;
+
+		if (!(p = realloc(*buf, got ? got : 1)))
+			return ck_err_nomem(e);
+		*buf = p;
+		if (ck_src_read(s, p, got, off, e))
+			return -1;
+		if ((*len = ck_pickle_span(p, got, &short_input, e)))
+			return 0;
+		if (!short_input || got < w || w >= CK_PICKLE_MAX_BYTES)
+			return ck_err_context(e, "pickle at file offset %llu: ", (unsigned long long)off);
+		w *= 4;
+	}
+}
+
+int ck_legacy_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out, struct ck_err *e)
+{
+	struct ck_layout_builder lb = {0};
+	struct ck_buf pkl = {0};
+	uint64_t off = 0;
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	int rc = -1;
+
+	*out = NULL;
+	for (int i = 0; i < PICKLES_BEFORE_OBJECT; i++) {
+		if (read_pickle(src, off, &buf, &len, e))
+			goto out;
+		free(buf);
+		buf = NULL;
+		off += len;
+	}
+	if (read_pickle(src, off, &buf, &len, e))
+		goto out;
+	switch (ck_pickle_rewrite(buf, len, v, &pkl, e)) {
+	case CK_PICKLE_ERROR:
+		ck_err_context(e, "object pickle at file offset %llu: ", (unsigned long long)off);
+		goto out;
+	case CK_PICKLE_UNCHANGED:
+		rc = 0;
+		goto out;
+	case CK_PICKLE_REWRITTEN:
+		break;
+	}
+	ck_layout_add_src(&lb, 0, off);
+	ck_layout_add_mem(&lb, pkl.data, pkl.len);
+	ck_layout_add_src(&lb, off + len, src->size - off - len);
+	*out = ck_layout_finish(&lb, e);
+	rc = *out ? 0 : -1;
+out:
+	free(buf);
+	ck_buf_free(&pkl);
+	return rc;
+}

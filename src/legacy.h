@@ -1,0 +1,20 @@
+/* The torch format before 1.6 (_use_new_zipfile_serialization=False): a run
+ * of pickles (magic, protocol version, sys_info, the object, storage keys)
+ * then raw storages. Only the object pickle changes; everything after it is
+ * served from the source at a shifted offset, which the reader finds by
+ * reading on, never by position. */
+#ifndef CKPTFS_LEGACY_H
+#define CKPTFS_LEGACY_H
+
+#include <stdbool.h>
+#include "layout.h"
+#include "source.h"
+#include "view.h"
+
+/* Whether the first bytes (at least 15) open a legacy checkpoint. */
+bool ck_legacy_detect(const uint8_t *head, size_t n);
+
+/* Builds the view layout (*out NULL: the source unchanged), or -1 with e set. */
+int ck_legacy_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out, struct ck_err *e);
+
+#endif
