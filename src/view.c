@@ -3,8 +3,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-const struct ck_view ck_view_plain = {.name = "plain", .strip = {"module."}, .nstrip = 1};
-const struct ck_view ck_view_ddp = {.name = "ddp", .strip = {"module."}, .nstrip = 1, .add = "module."};
+/* The wrappers: DataParallel and DistributedDataParallel hold the model as
+ * `module`, torch.compile's OptimizedModule as `_orig_mod`. */
+const struct ck_view ck_view_plain = {.name = "plain", .strip = {"module.", "_orig_mod."}, .nstrip = 2};
+const struct ck_view ck_view_ddp = {
+	.name = "ddp", .strip = {"module.", "_orig_mod."}, .nstrip = 2, .add = "module."};
 
 /* Strips leading wrapper components. In a metadata key a component may also
  * be the whole remaining name ("module" is the wrapped root). */

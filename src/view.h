@@ -15,7 +15,8 @@ struct ck_view {
 	const char *add;                        /* prefix to add after stripping, ending in '.', or NULL */
 };
 
-/* The built-in views: plain (strip "module.") and ddp (plain, then add "module."). */
+/* The built-in views: plain (strip "module." and "_orig_mod.") and ddp
+ * (plain, then add "module."). */
 extern const struct ck_view ck_view_plain;
 extern const struct ck_view ck_view_ddp;
 

@@ -23,6 +23,14 @@ int main(void)
 	check(&ck_view_plain, 0, "modules.0.weight", "modules.0.weight");
 	check(&ck_view_plain, 0, "module", "module");
 	check(&ck_view_plain, 0, "module.层.ñ", "层.ñ");
+	check(&ck_view_plain, 0, "_orig_mod.fc.weight", "fc.weight");
+	check(&ck_view_plain, 0, "module._orig_mod.fc.weight", "fc.weight");
+	check(&ck_view_plain, 0, "_orig_mod.module.fc.weight", "fc.weight");
+	check(&ck_view_plain, 0, "fc._orig_mod.weight", "fc._orig_mod.weight");
+	check(&ck_view_ddp, 0, "_orig_mod.module.fc.weight", "module.fc.weight");
+	check(&ck_view_plain, 1, "_orig_mod", "");
+	check(&ck_view_plain, 1, "module._orig_mod", "");
+	check(&ck_view_plain, 1, "module._orig_mod.fc", "fc");
 	check(&ck_view_ddp, 0, "conv1.weight", "module.conv1.weight");
 	check(&ck_view_ddp, 0, "module.conv1.weight", "module.conv1.weight");
 	check(&ck_view_ddp, 0, "module.module.x", "module.x");
@@ -34,5 +42,13 @@ int main(void)
 	check(&ck_view_ddp, 1, "0", "module.0");
 	check(&ck_view_ddp, 1, "module", "module");
 	check(&ck_view_ddp, 1, "module.0", "module.0");
+	{
+		const struct ck_view bare = {.name = "bare", .strip = {"model."}, .nstrip = 1};
+		const struct ck_view peft = {.name = "peft", .strip = {"base_model.model."}, .nstrip = 1};
+		check(&bare, 0, "model.layer.0.weight", "layer.0.weight");
+		check(&bare, 0, "module.layer.0.weight", "module.layer.0.weight");
+		check(&bare, 1, "model", "");
+		check(&peft, 0, "base_model.model.h.0.attn.lora_A.weight", "h.0.attn.lora_A.weight");
+	}
 	return tap_done();
 }
