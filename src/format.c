@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <string.h>
 #include "legacy.h"
+#include "safetensors.h"
 #include "torchzip.h"
 
 const char *ck_format_name(enum ck_format f)
@@ -11,6 +12,7 @@ const char *ck_format_name(enum ck_format f)
 	case CK_FORMAT_TORCHZIP: return "torch-zip";
 	case CK_FORMAT_TORCHSCRIPT: return "torchscript";
 	case CK_FORMAT_LEGACY: return "torch-legacy";
+	case CK_FORMAT_SAFETENSORS: return "safetensors";
 	default: return "other";
 	}
 }
@@ -30,6 +32,10 @@ int ck_view_layout(const struct ck_src *src, const struct ck_view *v, struct ck_
 	if (ck_legacy_detect(head, sizeof(head))) {
 		*fmt = CK_FORMAT_LEGACY;
 		return ck_legacy_layout(src, v, out, e);
+	}
+	if (ck_safetensors_detect(head, sizeof(head), src->size)) {
+		*fmt = CK_FORMAT_SAFETENSORS;
+		return ck_safetensors_layout(src, v, out, e);
 	}
 	if (memcmp(head, "PK\3\4", 4) != 0)
 		return 0;

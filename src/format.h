@@ -12,6 +12,7 @@ enum ck_format {
 	CK_FORMAT_TORCHZIP,
 	CK_FORMAT_TORCHSCRIPT,  /* passes through, never parsed */
 	CK_FORMAT_LEGACY,       /* torch before 1.6 */
+	CK_FORMAT_SAFETENSORS,
 };
 
 const char *ck_format_name(enum ck_format f);

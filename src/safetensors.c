@@ -1,0 +1,209 @@
+/* The header is validated by jansson (strict JSON, duplicate names
+ * refused); a scanner over the validated text then finds each top-level
+ * name so that only renamed names change and every other byte, the
+ * __metadata__ above all, stays exactly as written. */
+#include "safetensors.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uthash.h>
+
+#define METADATA "__metadata__"
+
+bool ck_safetensors_detect(const uint8_t *head, size_t n, uint64_t file_size)
+{
+	uint64_t len;
+
+	if (n < 9)
+		return false;
+	len = ck_le64(head);
+	return len >= 2 && len <= CK_SAFETENSORS_MAX_HEADER && len <= file_size - 8 && head[8] == '{';
+}
+
+/* ---- scanning text that jansson has already accepted -------------------- */
+
+static size_t skip_space(const char *s, size_t p, size_t n)
+{
+	while (p < n && (s[p] == ' ' || s[p] == '\t' || s[p] == '\n' || s[p] == '\r'))
+		p++;
+	return p;
+}
+
+/* p at an opening quote; returns the position after the closing one. */
+static size_t skip_string(const char *s, size_t p, size_t n)
+{
+	for (p++; p < n && s[p] != '"'; p++)
+		if (s[p] == '\\')
+			p++;
+	return p + 1;
+}
+
+/* p at a value; returns the position after it. */
+static size_t skip_value(const char *s, size_t p, size_t n)
+{
+	int depth = 0;
+
+	if (s[p] == '"')
+		return skip_string(s, p, n);
+	if (s[p] != '{' && s[p] != '[') { /* number, true, false, null */
+		while (p < n && !strchr(",}] \t\n\r", s[p]))
+			p++;
+		return p;
+	}
+	while (p < n) {
+		if (s[p] == '"') {
+			p = skip_string(s, p, n);
+			continue;
+		}
+		if (s[p] == '{' || s[p] == '[')
+			depth++;
+		else if (s[p] == '}' || s[p] == ']')
+			depth--;
+		p++;
+		if (depth == 0)
+			break;
+	}
+	return p;
+}
+
+/* ---- names ---------------------------------------------------------------- */
+
+static void put_json_string(struct ck_buf *b, const char *s, size_t n)
+{
+	ck_buf_u8(b, '"');
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '"' || c == '\\') {
+			ck_buf_u8(b, '\\');
+			ck_buf_u8(b, c);
+		} else if (c < 0x20) {
+			char esc[8];
+			snprintf(esc, sizeof(esc), "\\u%04x", c);
+			ck_buf_append(b, esc, 6);
+		} else {
+			ck_buf_u8(b, c);
+		}
+	}
+	ck_buf_u8(b, '"');
+}
+
+struct name {
+	const char *s;
+	size_t len;
+	const char *orig;
+	UT_hash_handle hh;
+};
+
+static int rename_header(const char *hdr, size_t n, json_t *root, const struct ck_view *v, struct ck_buf *out,
+			 bool *changed, struct ck_err *e)
+{
+	struct name *names = NULL, *all, *x, *tmp;
+	size_t count = json_object_size(root), k = 0, p = skip_space(hdr, 0, n) + 1, from = 0;
+	void *it = json_object_iter(root);
+	int rc = 0;
+
+	*changed = false;
+	if (!(all = calloc(count ? count : 1, sizeof(*all))))
+		return ck_err_nomem(e);
+	for (; it && !rc; it = json_object_iter_next(root, it), k++) {
+		const char *key = json_object_iter_key(it);
+		size_t klen = strlen(key), nl = klen;
+		char *nk = NULL;
+
+		p = skip_space(hdr, p, n);
+		size_t kstart = p, kend = skip_string(hdr, p, n);
+		p = skip_space(hdr, kend, n) + 1;                 /* past ':' */
+		p = skip_space(hdr, skip_value(hdr, skip_space(hdr, p, n), n), n) + 1; /* past ',' or '}' */
+		if (strcmp(key, METADATA) != 0 && !(nk = ck_view_key(v, key, klen, &nl))) {
+			rc = ck_err_nomem(e);
+			break;
+		}
+		all[k] = (struct name){.s = nk ? nk : key, .len = nl, .orig = key};
+		HASH_FIND(hh, names, all[k].s, nl, x);
+		if (x) {
+			rc = ck_err_set(e, EIO, "safetensors header: tensors '%s' and '%s' would both be named '%.*s'",
+					x->orig, key, (int)nl, all[k].s);
+			break;
+		}
+		HASH_ADD_KEYPTR(hh, names, all[k].s, nl, &all[k]);
+		if (nk && (nl != klen || memcmp(nk, key, nl) != 0)) {
+			ck_buf_append(out, hdr + from, kstart - from);
+			put_json_string(out, nk, nl);
+			from = kend;
+			*changed = true;
+		}
+	}
+	/* the closing brace, without the old padding */
+	size_t end = n;
+	while (end > from && hdr[end - 1] == ' ')
+		end--;
+	ck_buf_append(out, hdr + from, end - from);
+	HASH_ITER(hh, names, x, tmp) HASH_DEL(names, x);
+	for (size_t i = 0; i < count; i++)
+		if (all[i].s != all[i].orig)
+			free((char *)all[i].s);
+	free(all);
+	if (!rc && out->failed)
+		rc = ck_err_nomem(e);
+	return rc;
+}
+
+int ck_safetensors_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
+			  struct ck_err *e)
+{
+	struct ck_layout_builder lb = {0};
+	struct ck_buf hdr = {0};
+	uint8_t len8[8];
+	uint64_t n;
+	char *text = NULL;
+	json_t *root = NULL;
+	json_error_t jerr;
+	bool changed;
+	int rc = -1;
+
+	*out = NULL;
+	if (ck_src_read(src, len8, sizeof(len8), 0, e))
+		return -1;
+	n = ck_le64(len8);
+	if (!(text = malloc(n + 1)))
+		return ck_err_nomem(e);
+	if (ck_src_read(src, text, n, 8, e))
+		goto out;
+	text[n] = 0;
+	root = json_loadb(text, n, JSON_REJECT_DUPLICATES | JSON_DISABLE_EOF_CHECK, &jerr);
+	if (!root || !json_is_object(root)) {
+		rc = ck_err_set(e, EIO, "safetensors header offset %d: %s", root ? 0 : jerr.position,
+				root ? "not a JSON object" : jerr.text);
+		goto out;
+	}
+	/* past the object only the padding may follow */
+	for (size_t i = (size_t)jerr.position; i < n; i++)
+		if (text[i] != ' ' && text[i] != '\n' && text[i] != '\t' && text[i] != '\r') {
+			rc = ck_err_set(e, EIO, "safetensors header offset %zu: bytes after the JSON object", i);
+			goto out;
+		}
+	ck_buf_u64le(&hdr, 0); /* length, set below */
+	if (rename_header(text, n, root, v, &hdr, &changed, e))
+		goto out;
+	rc = 0;
+	if (!changed)
+		goto out;
+	ck_buf_fill(&hdr, ' ', (8 - (hdr.len - 8) % 8) % 8);
+	if (hdr.failed) {
+		rc = ck_err_nomem(e);
+		goto out;
+	}
+	for (int i = 0; i < 8; i++)
+		hdr.data[i] = (uint8_t)((hdr.len - 8) >> (8 * i));
+	ck_layout_add_mem(&lb, hdr.data, hdr.len);
+	ck_layout_add_src(&lb, 8 + n, src->size - 8 - n);
+	*out = ck_layout_finish(&lb, e);
+	rc = *out ? 0 : -1;
+out:
+	json_decref(root);
+	free(text);
+	ck_buf_free(&hdr);
+	return rc;
+}

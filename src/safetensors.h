@@ -1,0 +1,22 @@
+/* safetensors: u64 header length, a JSON header naming every tensor, then
+ * the tensor bytes at offsets relative to the header's end. The view renames
+ * tensors in the header, re-pads it to a multiple of 8 and serves the
+ * tensor bytes from the source; offsets never change. */
+#ifndef CKPTFS_SAFETENSORS_H
+#define CKPTFS_SAFETENSORS_H
+
+#include <stdbool.h>
+#include "layout.h"
+#include "source.h"
+#include "view.h"
+
+/* The reference reader's bound on the header. */
+#define CK_SAFETENSORS_MAX_HEADER ((uint64_t)100000000)
+
+/* Whether the first 9 bytes open a safetensors file of file_size bytes. */
+bool ck_safetensors_detect(const uint8_t *head, size_t n, uint64_t file_size);
+
+int ck_safetensors_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
+			  struct ck_err *e);
+
+#endif
