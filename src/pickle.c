@@ -64,7 +64,6 @@ struct dict {
 	struct item *items;
 	uint32_t n, cap;
 	uint32_t meta;      /* the _metadata OrderedDict set by BUILD, or NONE_ID */
-	uint32_t after_op;  /* first op after the dict exists (creation + its memo put) */
 };
 
 struct seq {
@@ -246,7 +245,7 @@ static uint32_t new_obj(struct machine *m, uint8_t kind, uint32_t a, uint32_t b)
 	return m->nobjs++;
 }
 
-static uint32_t new_dict(struct machine *m, uint32_t op)
+static uint32_t new_dict(struct machine *m)
 {
 	uint32_t id;
 
@@ -254,7 +253,7 @@ static uint32_t new_dict(struct machine *m, uint32_t op)
 		return NONE_ID;
 	id = new_obj(m, K_DICT, m->ndicts, 0);
 	if (id != NONE_ID)
-		m->dicts[m->ndicts++] = (struct dict){.after_op = op + 1};
+		m->dicts[m->ndicts++] = (struct dict){0};
 	return id;
 }
 
@@ -488,7 +487,7 @@ static int step(struct machine *m, uint32_t i)
 			return -1;
 		return push(m, m->stack[m->sp - 1].obj, i);
 	case '}':
-		if ((id = new_dict(m, i)) == NONE_ID)
+		if ((id = new_dict(m)) == NONE_ID)
 			return ck_err_nomem(m->e);
 		return push(m, id, i);
 	case ']': case ')':
@@ -498,7 +497,7 @@ static int step(struct machine *m, uint32_t i)
 	case 'd': case 'l': case 't': { /* DICT, LIST, TUPLE from a MARK */
 		if (pop_mark(m, i, &base))
 			return -1;
-		id = c == 'd' ? new_dict(m, i) : new_seq(m);
+		id = c == 'd' ? new_dict(m) : new_seq(m);
 		if (id == NONE_ID)
 			return ck_err_nomem(m->e);
 		if (c == 'd' && (m->sp - base) % 2)
@@ -591,7 +590,7 @@ static int step(struct machine *m, uint32_t i)
 		}
 		if (fn->kind == K_GLOBAL && (fn->flags & G_ODICT) && args->kind == K_SEQ &&
 		    m->seqs[args->a].n == 0) {
-			if ((id = new_dict(m, i)) == NONE_ID)
+			if ((id = new_dict(m)) == NONE_ID)
 				return ck_err_nomem(m->e);
 			return push(m, id, i);
 		}
@@ -630,16 +629,9 @@ static int run(struct machine *m)
 	m->memo = calloc(m->nmemo, sizeof(*m->memo));
 	if (!m->memo || new_obj(m, K_OTHER, 0, 0) != NONE_ID)
 		return ck_err_nomem(m->e);
-	for (uint32_t i = 0; i < m->nops; i++) {
+	for (uint32_t i = 0; i < m->nops; i++)
 		if (step(m, i))
 			return -1;
-		/* after_op of a dict: skip the memo put that names it */
-		if (m->ndicts && m->dicts[m->ndicts - 1].after_op == i + 1 && i + 1 < m->nops) {
-			uint8_t nc = m->in[m->ops[i + 1].pos];
-			if (nc == 'q' || nc == 'r' || nc == 'p' || nc == 0x94)
-				m->dicts[m->ndicts - 1].after_op = i + 2;
-		}
-	}
 	if (!m->sp || (m->nmarks && m->marks[m->nmarks - 1] == m->sp))
 		return fail(m, m->nops - 1, "STOP with an empty stack");
 	return 0;
@@ -900,13 +892,9 @@ static int plan_dict(struct machine *m, struct plan *p, const struct dict *d, co
 		goto out;
 	if ((rc = assign(m, p, md, mnames)))
 		goto out;
-	if (ck_view_adds_wrapper(v)) {
-		uint32_t at = md->n ? md->items[0].key_op : md->after_op;
-		if (at >= m->nops) {
-			rc = fail(m, m->nops - 1, "metadata with no place for the wrapper's entry");
-			goto out;
-		}
-		p->ins[at] = md->n && md->items[0].in_batch ? INS_IN_BATCH : INS_SETITEM;
+	/* An empty metadata names no module, so there is nothing to wrap. */
+	if (ck_view_adds_wrapper(v) && md->n) {
+		p->ins[md->items[0].key_op] = md->items[0].in_batch ? INS_IN_BATCH : INS_SETITEM;
 		p->any = true;
 	}
 out:
