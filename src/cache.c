@@ -1,0 +1,210 @@
+#include <config.h>
+#include "cache.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A failed allocation inside uthash leaves the item out of the table
+ * (hh.tbl == NULL) instead of exiting the daemon. */
+#define HASH_NONFATAL_OOM 1
+#include <uthash.h>
+#include <utlist.h>
+#include "log.h"
+
+struct ck_cache_entry {
+	struct ck_cache_key key;
+	struct ck_built built;
+	bool ready;          /* built; until then holders wait on c->built_cond */
+	bool in_table;       /* findable; false once evicted or not worth keeping */
+	unsigned holders;
+	size_t footprint;    /* what the entry counts against the bound */
+	struct ck_cache_entry *prev, *next; /* the idle list: in the table, ready, no holders */
+	UT_hash_handle hh;
+};
+
+struct ck_cache {
+	pthread_mutex_t lock;
+	pthread_cond_t built_cond;
+	struct ck_cache_entry *table;
+	struct ck_cache_entry *idle;  /* least recently used first */
+	size_t bytes, max_bytes;      /* footprint of the entries in the table */
+	uint64_t builds;
+};
+
+struct ck_cache_key ck_cache_key_of(const struct stat *st, const struct ck_view *v)
+{
+	struct ck_cache_key k;
+
+	memset(&k, 0, sizeof(k));
+	k.dev = st->st_dev;
+	k.ino = st->st_ino;
+	k.size = (uint64_t)st->st_size;
+	k.mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+	k.view = v;
+	return k;
+}
+
+struct ck_cache *ck_cache_new(size_t max_bytes)
+{
+	struct ck_cache *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->built_cond, NULL);
+	c->max_bytes = max_bytes;
+	return c;
+}
+
+static void entry_free(struct ck_cache_entry *ent)
+{
+	ck_layout_free(ent->built.layout);
+	free(ent);
+}
+
+void ck_cache_free(struct ck_cache *c)
+{
+	struct ck_cache_entry *ent, *tmp;
+
+	if (!c)
+		return;
+	HASH_ITER(hh, c->table, ent, tmp) {
+		HASH_DEL(c->table, ent);
+		entry_free(ent);
+	}
+	pthread_cond_destroy(&c->built_cond);
+	pthread_mutex_destroy(&c->lock);
+	free(c);
+}
+
+/* Called with the lock held. */
+static void unlink_entry(struct ck_cache *c, struct ck_cache_entry *ent)
+{
+	HASH_DEL(c->table, ent);
+	ent->in_table = false;
+	c->bytes -= ent->footprint;
+}
+
+/* Called with the lock held. Entries someone holds are never evicted: the
+ * bound applies to what the cache keeps for later, not to what is in use. */
+static void evict_over_bound(struct ck_cache *c)
+{
+	while (c->bytes > c->max_bytes && c->idle) {
+		struct ck_cache_entry *oldest = c->idle;
+
+		DL_DELETE(c->idle, oldest);
+		unlink_entry(c, oldest);
+		entry_free(oldest);
+	}
+}
+
+/* Out of memory says nothing about the file: the next request tries again. */
+static bool worth_keeping(const struct ck_built *b)
+{
+	return b->err.code != ENOMEM;
+}
+
+static void build(struct ck_cache_entry *ent, const struct ck_src *src)
+{
+	struct ck_built *b = &ent->built;
+
+	if (ck_view_layout(src, ent->key.view, &b->layout, &b->format, &b->err) == 0)
+		b->err.code = 0;
+	else
+		(void)ck_log_err(src->name, &b->err);
+	ent->footprint = sizeof(*ent) + (b->layout ? ck_layout_footprint(b->layout) : 0);
+}
+
+/* Called with the lock held. */
+static struct ck_cache_entry *wait_for(struct ck_cache *c, struct ck_cache_entry *ent)
+{
+	if (ent->holders++ == 0 && ent->ready)
+		DL_DELETE(c->idle, ent);
+	while (!ent->ready)
+		pthread_cond_wait(&c->built_cond, &c->lock);
+	return ent;
+}
+
+/* Called with the lock held; returns with it held. The build itself runs
+ * unlocked: it reads the file, and other keys must not wait for it. */
+static struct ck_cache_entry *build_new(struct ck_cache *c, const struct ck_cache_key *key,
+					const struct ck_src *src, struct ck_err *e)
+{
+	struct ck_cache_entry *ent = calloc(1, sizeof(*ent));
+
+	if (!ent) {
+		ck_err_nomem(e);
+		return NULL;
+	}
+	ent->key = *key;
+	ent->holders = 1;
+	HASH_ADD(hh, c->table, key, sizeof(ent->key), ent);
+	if (!ent->hh.tbl) {
+		free(ent);
+		ck_err_nomem(e);
+		return NULL;
+	}
+	ent->in_table = true;
+	c->builds++;
+	pthread_mutex_unlock(&c->lock);
+
+	build(ent, src);
+
+	pthread_mutex_lock(&c->lock);
+	ent->ready = true;
+	c->bytes += ent->footprint;
+	if (!worth_keeping(&ent->built))
+		unlink_entry(c, ent);
+	evict_over_bound(c);
+	pthread_cond_broadcast(&c->built_cond);
+	return ent;
+}
+
+struct ck_cache_entry *ck_cache_get(struct ck_cache *c, const struct ck_cache_key *key,
+				    const struct ck_src *src, struct ck_err *e)
+{
+	struct ck_cache_entry *ent;
+
+	pthread_mutex_lock(&c->lock);
+	HASH_FIND(hh, c->table, key, sizeof(*key), ent);
+	ent = ent ? wait_for(c, ent) : build_new(c, key, src, e);
+	pthread_mutex_unlock(&c->lock);
+	return ent;
+}
+
+void ck_cache_put(struct ck_cache *c, struct ck_cache_entry *ent)
+{
+	pthread_mutex_lock(&c->lock);
+	if (--ent->holders == 0) {
+		if (ent->in_table) {
+			DL_APPEND(c->idle, ent);
+			evict_over_bound(c);
+		} else {
+			entry_free(ent);
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+}
+
+const struct ck_built *ck_cache_built(const struct ck_cache_entry *ent)
+{
+	return &ent->built;
+}
+
+const struct ck_cache_key *ck_cache_entry_key(const struct ck_cache_entry *ent)
+{
+	return &ent->key;
+}
+
+uint64_t ck_cache_builds(struct ck_cache *c)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&c->lock);
+	n = c->builds;
+	pthread_mutex_unlock(&c->lock);
+	return n;
+}

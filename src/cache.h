@@ -1,0 +1,56 @@
+/* Built views, keyed by the identity and version of their source file.
+ * Building a view parses the file, so it happens once per key however many
+ * requests ask at the same time; results (layouts, "serve the source
+ * unchanged", errors) stay cached in an LRU bounded by bytes. Thread-safe. */
+#ifndef CKPTFS_CACHE_H
+#define CKPTFS_CACHE_H
+
+#include <stdint.h>
+#include <sys/stat.h>
+#include "err.h"
+#include "format.h"
+#include "layout.h"
+#include "source.h"
+#include "view.h"
+
+/* A source file changed in place gets a new key (size or mtime differ);
+ * its old entries age out of the LRU. Compared as bytes: build it with
+ * ck_cache_key_of(), which zeroes any padding. */
+struct ck_cache_key {
+	uint64_t dev, ino, size;
+	int64_t mtime_ns;
+	const struct ck_view *view;
+};
+
+struct ck_cache_key ck_cache_key_of(const struct stat *st, const struct ck_view *v);
+
+/* What building a view produced; immutable once an entry is handed out. */
+struct ck_built {
+	struct ck_layout *layout;  /* NULL: serve the source unchanged */
+	enum ck_format format;
+	struct ck_err err;         /* err.code != 0: the view cannot be served */
+};
+
+struct ck_cache;
+struct ck_cache_entry;
+
+/* max_bytes bounds the memory of entries nobody holds (0: keep none). */
+struct ck_cache *ck_cache_new(size_t max_bytes);
+/* Frees the cache and every entry; no entry may still be held. */
+void ck_cache_free(struct ck_cache *c);
+
+/* Returns a held entry for key, building it from src (an fd whose fstat
+ * gave key) when no entry exists; requests for a key being built wait for
+ * that build. A failed build is an entry too (err set, logged once as
+ * "src->name: message"). Returns NULL with e set only when out of memory. */
+struct ck_cache_entry *ck_cache_get(struct ck_cache *c, const struct ck_cache_key *key,
+				    const struct ck_src *src, struct ck_err *e);
+void ck_cache_put(struct ck_cache *c, struct ck_cache_entry *ent);
+
+const struct ck_built *ck_cache_built(const struct ck_cache_entry *ent);
+const struct ck_cache_key *ck_cache_entry_key(const struct ck_cache_entry *ent);
+
+/* How many views were built since the cache was made (for tests). */
+uint64_t ck_cache_builds(struct ck_cache *c);
+
+#endif

@@ -1,0 +1,23 @@
+/* The FUSE front end: the mount root holds one directory per view, each
+ * mirroring the source tree read-only, regular files served through their
+ * built view (cache.h). It knows nothing of checkpoint formats. */
+#ifndef CKPTFS_FS_H
+#define CKPTFS_FS_H
+
+#define FUSE_USE_VERSION 314
+#include <fuse_lowlevel.h>
+#include <stddef.h>
+#include "err.h"
+
+struct ck_fs;
+
+/* Serves the tree beneath root_fd (an O_PATH descriptor of the source
+ * directory; owned by the result on success). cache_bytes bounds the
+ * memory of built views kept for later. */
+struct ck_fs *ck_fs_new(int root_fd, size_t cache_bytes, struct ck_err *e);
+void ck_fs_free(struct ck_fs *fs);
+
+/* The operations; their userdata is the struct ck_fs. */
+extern const struct fuse_lowlevel_ops ck_fs_ops;
+
+#endif

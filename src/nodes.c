@@ -1,0 +1,564 @@
+#include <config.h>
+#include "nodes.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* A failed allocation inside uthash leaves the item out of the table
+ * (hh.tbl == NULL) instead of exiting the daemon. */
+#define HASH_NONFATAL_OOM 1
+#include <uthash.h>
+
+/* Bounds the time one forgotten id can cost: a search stops after this many
+ * directory entries and answers ESTALE. */
+#define FIND_MAX_ENTRIES 1000000
+
+struct node {
+	uint64_t id;
+	uint64_t parent;
+	char *name;          /* where it was last found; NULL for the mount root and view roots */
+	uint64_t nlookup;    /* references the kernel holds */
+	uint64_t nchildren;  /* nodes in the table naming this one as parent */
+	unsigned view;
+	bool pinned;         /* the mount root and the view roots stay for the whole mount */
+	bool opened;
+	struct ck_node_version last_open;
+	UT_hash_handle hh;
+};
+
+struct ck_nodes {
+	pthread_mutex_t lock;
+	struct node *table;
+	int root_fd;
+	dev_t root_dev;
+	ino_t root_ino;
+	unsigned nviews;
+};
+
+/* splitmix64's finalizer: every input bit reaches every output bit. */
+static uint64_t mix64(uint64_t x)
+{
+	x = (x ^ (x >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+	x = (x ^ (x >> 27)) * UINT64_C(0x94d049bb133111eb);
+	return x ^ (x >> 31);
+}
+
+/* Readable ids ((ino << 4) | view + 1, below 2^63) for the source root's
+ * device; a hash with the top bit set, so the two never meet, for objects
+ * on other devices (mounts beneath the source) or with huge inode numbers. */
+static uint64_t id_of(const struct ck_nodes *t, dev_t dev, ino_t ino, unsigned view)
+{
+	if (dev == t->root_dev && (uint64_t)ino < UINT64_C(1) << 59)
+		return (uint64_t)ino << 4 | (view + 1);
+	return mix64(mix64(mix64((uint64_t)dev) ^ (uint64_t)ino) ^ view) | UINT64_C(1) << 63;
+}
+
+uint64_t ck_nodes_id(const struct ck_nodes *t, const struct stat *st, unsigned view)
+{
+	return id_of(t, st->st_dev, st->st_ino, view);
+}
+
+uint64_t ck_nodes_view_root(const struct ck_nodes *t, unsigned view)
+{
+	return id_of(t, t->root_dev, t->root_ino, view);
+}
+
+int ck_nodes_root_fd(const struct ck_nodes *t)
+{
+	return t->root_fd;
+}
+
+/* Called with the lock held (or before the table is shared). */
+static struct node *find(struct ck_nodes *t, uint64_t id)
+{
+	struct node *n;
+
+	HASH_FIND(hh, t->table, &id, sizeof(id), n);
+	return n;
+}
+
+static struct node *insert(struct ck_nodes *t, uint64_t id, uint64_t parent, const char *name,
+			   unsigned view)
+{
+	struct node *n = calloc(1, sizeof(*n));
+
+	if (!n)
+		return NULL;
+	n->id = id;
+	n->parent = parent;
+	n->view = view;
+	if (name && !(n->name = strdup(name))) {
+		free(n);
+		return NULL;
+	}
+	HASH_ADD(hh, t->table, id, sizeof(n->id), n);
+	if (!n->hh.tbl) {
+		free(n->name);
+		free(n);
+		return NULL;
+	}
+	return n;
+}
+
+static int insert_pinned(struct ck_nodes *t, uint64_t id, unsigned view)
+{
+	struct node *n = insert(t, id, CK_NODES_ROOT_ID, NULL, view);
+
+	if (!n)
+		return -1;
+	n->pinned = true;
+	return 0;
+}
+
+struct ck_nodes *ck_nodes_new(int root_fd, unsigned nviews)
+{
+	struct ck_nodes *t;
+	struct stat st;
+
+	if (nviews > CK_NODES_MAX_VIEWS) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (fstat(root_fd, &st) || !(t = calloc(1, sizeof(*t))))
+		return NULL;
+	pthread_mutex_init(&t->lock, NULL);
+	t->root_dev = st.st_dev;
+	t->root_ino = st.st_ino;
+	t->nviews = nviews;
+	/* The mount root belongs to no view: view index nviews. */
+	if (insert_pinned(t, CK_NODES_ROOT_ID, nviews))
+		goto fail;
+	for (unsigned v = 0; v < nviews; v++)
+		if (insert_pinned(t, ck_nodes_view_root(t, v), v))
+			goto fail;
+	t->root_fd = root_fd;
+	return t;
+fail:
+	t->root_fd = -1;
+	ck_nodes_free(t);
+	errno = ENOMEM;
+	return NULL;
+}
+
+void ck_nodes_free(struct ck_nodes *t)
+{
+	struct node *n, *tmp;
+
+	if (!t)
+		return;
+	HASH_ITER(hh, t->table, n, tmp) {
+		HASH_DEL(t->table, n);
+		free(n->name);
+		free(n);
+	}
+	if (t->root_fd >= 0)
+		close(t->root_fd);
+	pthread_mutex_destroy(&t->lock);
+	free(t);
+}
+
+/* Called with the lock held. Drops a node nothing refers to any more, and
+ * then its parent if that was the last thing keeping it. */
+static void drop_unused(struct ck_nodes *t, struct node *n)
+{
+	while (n && !n->pinned && n->nlookup == 0 && n->nchildren == 0) {
+		struct node *parent = find(t, n->parent);
+
+		HASH_DEL(t->table, n);
+		free(n->name);
+		free(n);
+		if (parent)
+			parent->nchildren--;
+		n = parent;
+	}
+}
+
+/* Called with the lock held. Whether node is ancestor or lies beneath it. */
+static bool is_at_or_beneath(struct ck_nodes *t, const struct node *node, const struct node *ancestor)
+{
+	for (; node->name; node = find(t, node->parent))
+		if (node == ancestor)
+			return true;
+	return node == ancestor;
+}
+
+/* Called with the lock held. The object was found under another name (a
+ * hard link, or a rename in the source): remember the newest place, which
+ * was just checked, unless that would loop through stale parents. */
+static void move(struct ck_nodes *t, struct node *n, struct node *parent, const char *name)
+{
+	struct node *old_parent;
+	char *copy;
+
+	if (n->pinned || (n->parent == parent->id && strcmp(n->name, name) == 0) ||
+	    is_at_or_beneath(t, parent, n) || !(copy = strdup(name)))
+		return; /* out of memory: the old place is stale at worst, and is checked */
+	old_parent = find(t, n->parent);
+	free(n->name);
+	n->name = copy;
+	n->parent = parent->id;
+	parent->nchildren++;
+	old_parent->nchildren--;
+	drop_unused(t, old_parent);
+}
+
+/* Called with the lock held. */
+static int remember(struct ck_nodes *t, uint64_t id, uint64_t parent_id, const char *name,
+		    uint64_t nlookup)
+{
+	struct node *parent = find(t, parent_id), *n;
+
+	if (!parent)
+		return -ESTALE;
+	n = find(t, id);
+	if (n) {
+		move(t, n, parent, name);
+	} else {
+		if (!(n = insert(t, id, parent_id, name, parent->view)))
+			return -ENOMEM;
+		parent->nchildren++;
+	}
+	n->nlookup += nlookup;
+	return 0;
+}
+
+int ck_nodes_ref_child(struct ck_nodes *t, uint64_t id, uint64_t parent, const char *name)
+{
+	int err;
+
+	pthread_mutex_lock(&t->lock);
+	err = remember(t, id, parent, name, 1);
+	pthread_mutex_unlock(&t->lock);
+	return err;
+}
+
+int ck_nodes_ref(struct ck_nodes *t, uint64_t id)
+{
+	struct node *n;
+
+	pthread_mutex_lock(&t->lock);
+	n = find(t, id);
+	if (n)
+		n->nlookup++;
+	pthread_mutex_unlock(&t->lock);
+	return n ? 0 : -ESTALE;
+}
+
+void ck_nodes_forget(struct ck_nodes *t, uint64_t id, uint64_t nlookup)
+{
+	struct node *n;
+
+	pthread_mutex_lock(&t->lock);
+	n = find(t, id);
+	if (n) {
+		n->nlookup -= nlookup < n->nlookup ? nlookup : n->nlookup;
+		drop_unused(t, n);
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+int ck_nodes_parent(struct ck_nodes *t, uint64_t id, uint64_t *parent)
+{
+	struct node *n;
+
+	pthread_mutex_lock(&t->lock);
+	n = find(t, id);
+	if (n)
+		*parent = n->parent;
+	pthread_mutex_unlock(&t->lock);
+	return n ? 0 : -ESTALE;
+}
+
+bool ck_nodes_reopened_unchanged(struct ck_nodes *t, uint64_t id, const struct ck_node_version *v)
+{
+	struct node *n;
+	bool same = false;
+
+	pthread_mutex_lock(&t->lock);
+	n = find(t, id);
+	if (n) {
+		same = n->opened && n->last_open.size == v->size &&
+		       n->last_open.mtime_ns == v->mtime_ns;
+		n->last_open = *v;
+		n->opened = true;
+	}
+	pthread_mutex_unlock(&t->lock);
+	return same;
+}
+
+/* Called with the lock held. Writes the node's path relative to the source
+ * root by walking up to its view root. */
+static int path_of(struct ck_nodes *t, uint64_t id, char *buf, size_t size, unsigned *view)
+{
+	struct node *n = find(t, id);
+	size_t len = 0, at;
+
+	if (!n || n->id == CK_NODES_ROOT_ID)
+		return -ESTALE;
+	*view = n->view;
+	for (const struct node *p = n; p->name; p = find(t, p->parent)) {
+		len += strlen(p->name) + 1;
+		if (len > size)
+			return -ENAMETOOLONG;
+	}
+	if (len == 0) {
+		strcpy(buf, ".");
+		return 0;
+	}
+	at = len - 1;
+	buf[at] = '\0';
+	for (const struct node *p = n; p->name; p = find(t, p->parent)) {
+		size_t l = strlen(p->name);
+
+		at -= l;
+		memcpy(buf + at, p->name, l);
+		if (at)
+			buf[--at] = '/';
+	}
+	return 0;
+}
+
+/* The kernel refuses any symlink on the way and any step out of dirfd. */
+static int openat2_beneath(int dirfd, const char *path)
+{
+	struct open_how how = {
+		.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC,
+		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS,
+	};
+	long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+
+	return fd < 0 ? -errno : (int)fd;
+}
+
+/* The same walk where openat2 is missing (kernels before 5.6, seccomp
+ * filters that predate it, valgrind): one component at a time, none
+ * followed if it is a symlink (the next step then fails with ENOTDIR).
+ * Paths built here never hold "..". */
+static int open_each_component(int dirfd, const char *path)
+{
+	char copy[PATH_MAX], *rest = copy, *name;
+	int fd;
+
+	if (snprintf(copy, sizeof(copy), "%s", path) >= (int)sizeof(copy))
+		return -ENAMETOOLONG;
+	fd = openat(dirfd, ".", O_PATH | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	while (fd >= 0 && (name = strsep(&rest, "/"))) {
+		int next = openat(fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		int err = errno;
+
+		close(fd);
+		fd = next < 0 ? -err : next;
+	}
+	return fd;
+}
+
+/* Opens path beneath dirfd as an O_PATH descriptor, never following a
+ * symlink, so a source tree changing under us cannot lead the daemon
+ * elsewhere. A symlink as the last component is opened itself. */
+static int open_beneath(int dirfd, const char *path, struct ck_located *loc)
+{
+	static atomic_bool no_openat2;
+	int fd = -ENOSYS;
+
+	if (!atomic_load_explicit(&no_openat2, memory_order_relaxed))
+		fd = openat2_beneath(dirfd, path);
+	if (fd == -ENOSYS) {
+		atomic_store_explicit(&no_openat2, true, memory_order_relaxed);
+		fd = open_each_component(dirfd, path);
+	}
+	if (fd < 0)
+		return fd;
+	if (fstat(fd, &loc->st)) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	loc->fd = fd;
+	return 0;
+}
+
+/* A node whose path no longer leads to it (renamed, deleted, replaced by a
+ * symlink) is a stale handle, not a missing name. */
+static int stale_if_moved(int err)
+{
+	return err == -ENOENT || err == -ENOTDIR || err == -ELOOP || err == -EXDEV ? -ESTALE : err;
+}
+
+int ck_nodes_locate(struct ck_nodes *t, uint64_t id, struct ck_located *loc)
+{
+	int err;
+
+	pthread_mutex_lock(&t->lock);
+	err = path_of(t, id, loc->path, sizeof(loc->path), &loc->view);
+	pthread_mutex_unlock(&t->lock);
+	if (err)
+		return err;
+	err = open_beneath(t->root_fd, loc->path, loc);
+	if (err)
+		return stale_if_moved(err);
+	if (ck_nodes_id(t, &loc->st, loc->view) != id) {
+		close(loc->fd);
+		return -ESTALE;
+	}
+	return 0;
+}
+
+int ck_nodes_locate_child(struct ck_nodes *t, uint64_t parent, const char *name,
+			  struct ck_located *loc)
+{
+	struct ck_located dir;
+	int err, n;
+
+	err = ck_nodes_locate(t, parent, &dir);
+	if (err)
+		return err;
+	err = open_beneath(dir.fd, name, loc);
+	close(dir.fd);
+	if (err)
+		return err;
+	loc->view = dir.view;
+	n = strcmp(dir.path, ".") == 0 ? snprintf(loc->path, sizeof(loc->path), "%s", name)
+				       : snprintf(loc->path, sizeof(loc->path), "%s/%s", dir.path, name);
+	if (n < 0 || (size_t)n >= sizeof(loc->path)) {
+		close(loc->fd);
+		return -ENAMETOOLONG;
+	}
+	return 0;
+}
+
+/* A depth-first search of the source tree for the object a forgotten id
+ * names. Ids say which inode, not where it is. */
+struct search {
+	struct ck_nodes *t;
+	uint64_t id;
+	size_t budget;                        /* entries still allowed */
+	char path[PATH_MAX];                  /* the current place, relative to the root */
+	struct { dev_t dev; ino_t ino; } at[PATH_MAX / 2]; /* each component of path */
+	size_t depth;
+	unsigned view;                        /* of the match */
+};
+
+static bool matches(struct search *s, const struct stat *st)
+{
+	for (unsigned v = 0; v < s->t->nviews; v++) {
+		if (ck_nodes_id(s->t, st, v) == s->id) {
+			s->view = v;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Readable ids carry the inode number, so most entries need no stat. */
+static bool worth_a_stat(const struct search *s, const struct dirent *de)
+{
+	bool hashed = s->id >> 63;
+
+	return hashed || de->d_type == DT_DIR || de->d_type == DT_UNKNOWN || de->d_ino == s->id >> 4;
+}
+
+static bool search_dir(struct search *s, int fd, size_t len);
+
+/* Visits one entry of the directory at s->path (len bytes). */
+static bool search_entry(struct search *s, int dirfd, const char *name, size_t len)
+{
+	size_t nl = strlen(name), sub_len = len ? len + 1 + nl : nl;
+	struct stat st;
+	int fd;
+
+	if (sub_len >= sizeof(s->path) || s->depth == sizeof(s->at) / sizeof(s->at[0]) ||
+	    fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW))
+		return false;
+	if (len)
+		s->path[len] = '/';
+	memcpy(s->path + sub_len - nl, name, nl + 1);
+	s->at[s->depth].dev = st.st_dev;
+	s->at[s->depth].ino = st.st_ino;
+	s->depth++;
+	if (matches(s, &st))
+		return true;
+	if (S_ISDIR(st.st_mode) &&
+	    (fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) >= 0 &&
+	    search_dir(s, fd, sub_len))
+		return true;
+	s->depth--;
+	s->path[len] = '\0';
+	return false;
+}
+
+/* Searches the directory open as fd (closed here), at s->path (len bytes). */
+static bool search_dir(struct search *s, int fd, size_t len)
+{
+	DIR *d = fdopendir(fd);
+	struct dirent *de;
+	bool found = false;
+
+	if (!d) {
+		close(fd);
+		return false;
+	}
+	while (!found && s->budget && (de = readdir(d))) {
+		s->budget--;
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && worth_a_stat(s, de))
+			found = search_entry(s, dirfd(d), de->d_name, len);
+	}
+	closedir(d);
+	return found;
+}
+
+/* Called with the lock held. Remembers every directory on the way to the
+ * match (held by their children only) and takes one reference on it. */
+static int remember_found(struct ck_nodes *t, struct search *s)
+{
+	uint64_t parent = ck_nodes_view_root(t, s->view);
+	char *name = s->path;
+
+	for (size_t i = 0; i < s->depth; i++) {
+		char *slash = strchr(name, '/');
+		uint64_t id = id_of(t, s->at[i].dev, s->at[i].ino, s->view);
+		int err;
+
+		if (slash)
+			*slash = '\0';
+		err = remember(t, id, parent, name, i + 1 == s->depth);
+		if (err) {
+			drop_unused(t, find(t, parent));
+			return err;
+		}
+		parent = id;
+		if (slash)
+			name = slash + 1;
+	}
+	return 0;
+}
+
+int ck_nodes_find_and_ref(struct ck_nodes *t, uint64_t id)
+{
+	struct search *s = calloc(1, sizeof(*s));
+	int fd, err = -ESTALE;
+
+	if (!s)
+		return -ENOMEM;
+	s->t = t;
+	s->id = id;
+	s->budget = FIND_MAX_ENTRIES;
+	fd = openat(t->root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0 && search_dir(s, fd, 0)) {
+		pthread_mutex_lock(&t->lock);
+		err = remember_found(t, s);
+		pthread_mutex_unlock(&t->lock);
+	}
+	free(s);
+	return err;
+}
