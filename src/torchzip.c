@@ -480,7 +480,7 @@ int ck_torchzip_layout(const struct ck_src *src, const struct ck_view *v, struct
 	const struct entry *pkl_ent = NULL;
 	struct ck_buf pkl = {0};
 	uint8_t *orig = NULL;
-	uint64_t n_entries, data_end, old_end;
+	uint64_t n_entries = 0, data_end = 0, old_end = 0;
 	int rc = -1;
 
 	*out = NULL;
