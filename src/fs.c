@@ -18,9 +18,6 @@
 
 _Static_assert(CK_NODES_ROOT_ID == FUSE_ROOT_ID, "the node table's root is the mount root");
 
-static const struct ck_view *const views[] = {&ck_view_plain, &ck_view_ddp};
-#define NVIEWS (sizeof(views) / sizeof(views[0]))
-_Static_assert(NVIEWS <= CK_NODES_MAX_VIEWS, "node ids have room for the views");
 
 /* Names and attributes stay valid in the kernel this long; a name that does
  * not exist is never cached, so files added to the source show up at once. */
@@ -34,6 +31,8 @@ _Static_assert(NVIEWS <= CK_NODES_MAX_VIEWS, "node ids have room for the views")
 struct ck_fs {
 	struct ck_nodes *nodes;
 	struct ck_cache *cache;
+	const struct ck_view *const *views; /* one top-level directory each */
+	size_t nviews;
 };
 
 /* A regular source file open for reading, with its built view held. */
@@ -60,16 +59,23 @@ struct dir_handle {
 	struct dirent *pending; /* read but not yet replied: it did not fit */
 };
 
-struct ck_fs *ck_fs_new(int root_fd, size_t cache_bytes, struct ck_err *e)
+struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t nviews, size_t cache_bytes,
+		       struct ck_err *e)
 {
-	struct ck_fs *fs = calloc(1, sizeof(*fs));
+	struct ck_fs *fs;
 
-	if (!fs || !(fs->cache = ck_cache_new(cache_bytes))) {
+	if (nviews > CK_NODES_MAX_VIEWS) {
+		ck_err_set(e, EINVAL, "at most %d views", CK_NODES_MAX_VIEWS);
+		return NULL;
+	}
+	if (!(fs = calloc(1, sizeof(*fs))) || !(fs->cache = ck_cache_new(cache_bytes))) {
 		free(fs);
 		ck_err_nomem(e);
 		return NULL;
 	}
-	fs->nodes = ck_nodes_new(root_fd, NVIEWS);
+	fs->views = views;
+	fs->nviews = nviews;
+	fs->nodes = ck_nodes_new(root_fd, (unsigned)nviews);
 	if (!fs->nodes) {
 		ck_err_set(e, errno, "%s", strerror(errno));
 		ck_cache_free(fs->cache);
@@ -94,8 +100,10 @@ static struct ck_fs *fs_of(fuse_req_t req)
 }
 
 /* How messages name a view file: "plain/a/x.pth". */
-static void view_path(const struct ck_located *loc, char *buf, size_t size)
+static void view_path(const struct ck_fs *fs, const struct ck_located *loc, char *buf, size_t size)
 {
+	const struct ck_view *const *views = fs->views;
+
 	if (strcmp(loc->path, ".") == 0)
 		snprintf(buf, size, "%s", views[loc->view]->name);
 	else
@@ -132,9 +140,9 @@ static int open_source(struct ck_fs *fs, const struct ck_located *loc, struct so
 		close(sf->fd);
 		return err;
 	}
-	view_path(loc, name, sizeof(name));
+	view_path(fs, loc, name, sizeof(name));
 	src = (struct ck_src){.fd = sf->fd, .size = (uint64_t)sf->st.st_size, .name = name};
-	key = ck_cache_key_of(&sf->st, views[loc->view]);
+	key = ck_cache_key_of(&sf->st, fs->views[loc->view]);
 	sf->ent = ck_cache_get(fs->cache, &key, &src, &e);
 	if (!sf->ent) {
 		close(sf->fd);
@@ -193,7 +201,7 @@ static int root_attr(struct ck_fs *fs, struct stat *attr)
 	if (fstat(ck_nodes_root_fd(fs->nodes), &st))
 		return -errno;
 	view_attr(&st, FUSE_ROOT_ID, NULL, attr);
-	attr->st_nlink = 2 + NVIEWS;
+	attr->st_nlink = 2 + fs->nviews;
 	return 0;
 }
 
@@ -244,10 +252,10 @@ static int lookup_child(struct ck_fs *fs, uint64_t parent, const char *name, str
 	return err ? err : ck_nodes_ref_child(fs->nodes, id, parent, name);
 }
 
-static int view_named(const char *name)
+static int view_named(const struct ck_fs *fs, const char *name)
 {
-	for (size_t v = 0; v < NVIEWS; v++)
-		if (strcmp(name, views[v]->name) == 0)
+	for (size_t v = 0; v < fs->nviews; v++)
+		if (strcmp(name, fs->views[v]->name) == 0)
 			return (int)v;
 	return -1;
 }
@@ -267,7 +275,7 @@ static int lookup(struct ck_fs *fs, uint64_t parent, const char *name, struct st
 		return err ? err : ref_node(fs, up, false, attr);
 	}
 	if (parent == FUSE_ROOT_ID) {
-		v = view_named(name);
+		v = view_named(fs, name);
 		return v < 0 ? -ENOENT : ref_node(fs, ck_nodes_view_root(fs->nodes, (unsigned)v), false, attr);
 	}
 	return lookup_child(fs, parent, name, attr);
@@ -360,7 +368,7 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out,
 	of = calloc(1, sizeof(*of));
 	err = of ? open_source(fs, &loc, &of->src) : -ENOMEM;
 	if (!err)
-		view_path(&loc, of->name, sizeof(of->name));
+		view_path(fs, &loc, of->name, sizeof(of->name));
 	close(loc.fd);
 	if (err) {
 		free(of);
@@ -568,8 +576,8 @@ static size_t fill_root(fuse_req_t req, struct ck_fs *fs, char *buf, size_t size
 {
 	size_t used = 0;
 
-	for (size_t i = (size_t)off; i < 2 + NVIEWS; i++) {
-		const char *name = i == 0 ? "." : i == 1 ? ".." : views[i - 2]->name;
+	for (size_t i = (size_t)off; i < 2 + fs->nviews; i++) {
+		const char *name = i == 0 ? "." : i == 1 ? ".." : fs->views[i - 2]->name;
 		uint64_t ino = i < 2 ? FUSE_ROOT_ID : ck_nodes_view_root(fs->nodes, (unsigned)(i - 2));
 
 		if (!add_entry(req, buf, size, &used, name, ino, S_IFDIR, (off_t)i + 1))

@@ -8,13 +8,16 @@
 #include <fuse_lowlevel.h>
 #include <stddef.h>
 #include "err.h"
+#include "view.h"
 
 struct ck_fs;
 
 /* Serves the tree beneath root_fd (an O_PATH descriptor of the source
- * directory; owned by the result on success). cache_bytes bounds the
- * memory of built views kept for later. */
-struct ck_fs *ck_fs_new(int root_fd, size_t cache_bytes, struct ck_err *e);
+ * directory; owned by the result on success) through each of the views
+ * (kept by reference: they must outlive the result). cache_bytes bounds
+ * the memory of built views kept for later. */
+struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t nviews, size_t cache_bytes,
+		       struct ck_err *e);
 void ck_fs_free(struct ck_fs *fs);
 
 /* The operations; their userdata is the struct ck_fs. */

@@ -36,11 +36,12 @@ static const char help_text[] =
 	"       " PACKAGE " umount MOUNTPOINT\n"
 	"       " PACKAGE " --help | --version\n"
 	"\n"
-	"Shows every file under SOURCE twice, read-only, at MOUNTPOINT:\n"
+	"Shows every file under SOURCE twice (and once more per -o view=), read-only,\n"
+	"at MOUNTPOINT:\n"
 	"  plain/...  PyTorch checkpoints with state-dict keys as the bare model has\n"
 	"             them (\"module.\" and \"_orig_mod.\" prefixes stripped)\n"
 	"  ddp/...    the same keys as DistributedDataParallel has them (\"module.\" added)\n"
-	"Other files, directories and symlinks look the same in both views. Files\n"
+	"Other files, directories and symlinks look the same in every view. Files\n"
 	"added to SOURCE appear at once.\n"
 	"\n"
 	"Commands:\n"
@@ -55,6 +56,12 @@ static const char help_text[] =
 	"                  ro and default_permissions are always set\n"
 	"  -o cache_mb=N   memory for parsed checkpoint layouts kept for later,\n"
 	"                  in MiB (default " NUMBER_TEXT(DEFAULT_CACHE_MB) ")\n"
+	"  -o view=NAME:strip=PREFIX[:strip=PREFIX...][:add=PREFIX]\n"
+	"                  one more view, MOUNTPOINT/NAME: state-dict keys (and\n"
+	"                  _metadata) lose every leading PREFIX listed, then gain the\n"
+	"                  add= PREFIX; each PREFIX ends with '.'. Repeatable, up to\n"
+	"                  13 views. E.g. view=bare:strip=model. (Lightning),\n"
+	"                  view=peft:strip=base_model.model.\n"
 	"\n"
 	"Other options:\n"
 	"  -h, --help      show this help and exit\n"
@@ -89,9 +96,14 @@ static void fail(const char *what, const char *why)
 	exit(EXIT_RUNTIME);
 }
 
+#define MAX_VIEWS 15 /* node ids keep 4 bits for the view */
+
 struct mount_args {
 	bool foreground, debug;
 	size_t cache_mb;
+	struct ck_view custom[MAX_VIEWS];  /* -o view=... */
+	const struct ck_view *views[MAX_VIEWS];
+	size_t nviews;
 	char fuse_options[4096];  /* the user's -o options for libfuse, comma-separated */
 	const char *source, *mountpoint;
 };
@@ -108,6 +120,22 @@ static size_t parse_cache_mb(const char *value)
 	return (size_t)mb;
 }
 
+/* A custom view: its own top-level directory, named uniquely. */
+static void add_view(struct mount_args *a, const char *spec)
+{
+	struct ck_view *v = &a->custom[a->nviews];
+	struct ck_err e;
+
+	if (a->nviews == MAX_VIEWS)
+		usage_error("view=%s: at most %d views, plain and ddp included", spec, MAX_VIEWS);
+	if (ck_view_parse(spec, v, &e))
+		usage_error("%s", e.msg);
+	for (size_t i = 0; i < a->nviews; i++)
+		if (strcmp(a->views[i]->name, v->name) == 0)
+			usage_error("view=%s: there is a view named %s already", spec, v->name);
+	a->views[a->nviews++] = v;
+}
+
 /* Takes ckptfs's own options out of one -o list; the rest is libfuse's. */
 static void parse_options(struct mount_args *a, char *list)
 {
@@ -116,6 +144,8 @@ static void parse_options(struct mount_args *a, char *list)
 
 		if (strncmp(opt, "cache_mb=", 9) == 0)
 			a->cache_mb = parse_cache_mb(opt + 9);
+		else if (strncmp(opt, "view=", 5) == 0)
+			add_view(a, opt + 5);
 		else if ((size_t)snprintf(a->fuse_options + used, sizeof(a->fuse_options) - used,
 					  "%s%s", used ? "," : "", opt) >= sizeof(a->fuse_options) - used)
 			usage_error("-o: options too long");
@@ -127,7 +157,7 @@ static void parse_mount_args(struct mount_args *a, int argc, char **argv)
 	static const struct option longopts[] = {{"help", no_argument, NULL, 'h'}, {0}};
 	int c;
 
-	*a = (struct mount_args){.cache_mb = DEFAULT_CACHE_MB};
+	*a = (struct mount_args){.cache_mb = DEFAULT_CACHE_MB, .views = {&ck_view_plain, &ck_view_ddp}, .nviews = 2};
 	opterr = 0; /* usage_error says it in one line */
 	while ((c = getopt_long(argc, argv, "fdo:h", longopts, NULL)) != -1) {
 		switch (c) {
@@ -283,7 +313,7 @@ static int cmd_mount(int argc, char **argv)
 	if (!realpath(a.source, source_real))
 		fail(a.source, strerror(errno));
 	check_mountpoint(a.mountpoint, source_real, mountpoint_real);
-	fs = ck_fs_new(root_fd, a.cache_mb << 20, &e);
+	fs = ck_fs_new(root_fd, a.views, a.nviews, a.cache_mb << 20, &e);
 	if (!fs)
 		fail(a.source, e.msg);
 	fuse_set_log_func(log_fuse);

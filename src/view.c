@@ -1,5 +1,6 @@
 #include "view.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,4 +60,71 @@ char *ck_view_meta_key(const struct ck_view *v, const char *key, size_t len, siz
 {
 	size_t at = strip(v, key, len, 1);
 	return join(v, key + at, len - at, 1, outlen);
+}
+
+static bool valid_name(const char *s, size_t n)
+{
+	if (n == 0 || (n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.'))
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-", s[i]))
+			return false;
+	return true;
+}
+
+int ck_view_parse(const char *spec, struct ck_view *v, struct ck_err *e)
+{
+	const char *p = strchr(spec, ':');
+	size_t nl = p ? (size_t)(p - spec) : strlen(spec);
+
+	memset(v, 0, sizeof(*v));
+	if (!valid_name(spec, nl))
+		return ck_err_set(e, EINVAL, "view=%s: the name must be letters, digits, '_', '.' or '-'", spec);
+	if (!(v->name = strndup(spec, nl)))
+		return ck_err_nomem(e);
+	while (p) {
+		const char *item = p + 1, *val;
+		size_t len;
+
+		p = strchr(item, ':');
+		len = p ? (size_t)(p - item) : strlen(item);
+		bool strip = len > 6 && strncmp(item, "strip=", 6) == 0, add = len > 4 && strncmp(item, "add=", 4) == 0;
+		if (!strip && !add)
+			goto bad;
+		val = item + (strip ? 6 : 4);
+		len -= (size_t)(val - item);
+		if (val[len - 1] != '.') {
+			ck_err_set(e, EINVAL, "view=%s: prefix '%.*s' must end with '.'", spec, (int)len, val);
+			goto fail;
+		}
+		if ((strip && v->nstrip == CK_VIEW_MAX_STRIP) || (add && v->add)) {
+			ck_err_set(e, EINVAL, "view=%s: too many %s= items", spec, strip ? "strip" : "add");
+			goto fail;
+		}
+		char *copy = strndup(val, len);
+		if (!copy) {
+			ck_err_nomem(e);
+			goto fail;
+		}
+		if (strip)
+			v->strip[v->nstrip++] = copy;
+		else
+			v->add = copy;
+	}
+	if (v->nstrip || v->add)
+		return 0;
+bad:
+	ck_err_set(e, EINVAL, "view=%s: expected NAME:strip=PREFIX[:strip=PREFIX...][:add=PREFIX]", spec);
+fail:
+	ck_view_clear(v);
+	return -1;
+}
+
+void ck_view_clear(struct ck_view *v)
+{
+	free((char *)v->name);
+	for (size_t i = 0; i < v->nstrip; i++)
+		free((char *)v->strip[i]);
+	free((char *)v->add);
+	memset(v, 0, sizeof(*v));
 }

@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include "err.h"
 
 #define CK_VIEW_MAX_STRIP 8
 
@@ -28,6 +29,13 @@ char *ck_view_key(const struct ck_view *v, const char *key, size_t len, size_t *
 /* The same for a `_metadata` key, whose names are module paths without the
  * trailing dot: "module" means the wrapper's child, "" the root. */
 char *ck_view_meta_key(const struct ck_view *v, const char *key, size_t len, size_t *outlen);
+
+/* A user-defined view from a mount option:
+ *   NAME:strip=PREFIX[:strip=PREFIX...][:add=PREFIX]
+ * NAME is [A-Za-z0-9_.-]+ (not "." or ".."), each PREFIX ends with '.'.
+ * Fills *v with strings it owns (ck_view_clear frees them), or -1 with e. */
+int ck_view_parse(const char *spec, struct ck_view *v, struct ck_err *e);
+void ck_view_clear(struct ck_view *v);
 
 /* Whether the view inserts the wrapper's own ('', {'version': 1}) entry
  * at the head of `_metadata` (views that add a prefix do). */

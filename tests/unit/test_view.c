@@ -50,5 +50,27 @@ int main(void)
 		check(&bare, 1, "model", "");
 		check(&peft, 0, "base_model.model.h.0.attn.lora_A.weight", "h.0.attn.lora_A.weight");
 	}
+	{
+		struct ck_view v;
+		struct ck_err e;
+		ok(ck_view_parse("bare:strip=model.", &v, &e) == 0 && strcmp(v.name, "bare") == 0 && v.nstrip == 1 &&
+			   strcmp(v.strip[0], "model.") == 0 && !v.add,
+		   "view=bare:strip=model. parses");
+		check(&v, 0, "model.fc.weight", "fc.weight");
+		ck_view_clear(&v);
+		ok(ck_view_parse("lit:strip=model.:strip=module.:add=net.", &v, &e) == 0 && v.nstrip == 2 &&
+			   strcmp(v.add, "net.") == 0,
+		   "two strips and an add parse");
+		check(&v, 0, "module.model.fc.weight", "net.fc.weight");
+		check(&v, 1, "model", "net");
+		ck_view_clear(&v);
+		const char *bad[] = {"x", "x:", "x:strip=", "x:strip=model", "x:add=a.:add=b.", "x:keep=a.",
+				     "a/b:strip=m.", "..:strip=m.", ":strip=m."};
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			memset(&e, 0, sizeof(e));
+			ok(ck_view_parse(bad[i], &v, &e) == -1 && strstr(e.msg, "view=") && !v.name,
+			   "view=%s is refused (%s)", bad[i], e.msg);
+		}
+	}
 	return tap_done();
 }
