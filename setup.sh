@@ -4,13 +4,15 @@
 # build are left alone.
 #
 #   ./setup.sh demo    install, build, mount two checkpoints and load them through both views
-#   ./setup.sh check   install, build, `make check`; last line: "N passed, N failed[, N skipped]"
+#   ./setup.sh check   install, build, `make check`, again built with ASan+UBSan, a short fuzz run;
+#                      last line: "N passed, N failed[, N skipped]"
 set -euo pipefail
 
 PACKAGES=(
 	build-essential autoconf automake pkg-config
 	libfuse3-dev fuse3 libzip-dev zlib1g-dev uthash-dev libjansson-dev
 	python3-torch python3-pytest python3-numpy unzip
+	clang libclang-rt-14-dev
 )
 # Debian's torch lives in the system interpreter, not in any python3 earlier on PATH.
 PYTHON=/usr/bin/python3
@@ -20,7 +22,8 @@ usage() {
 usage: ./setup.sh demo|check
 
   demo    install the Debian packages ckptfs needs, build it, run demo/demo.py
-  check   install, build, run `make check` (C unit tests and end-to-end tests);
+  check   install, build, run `make check` (C unit tests and end-to-end tests),
+          then again built with ASan and UBSan, then a short fuzz run;
           the last line reads "N passed, N failed"
 EOF
 }
@@ -83,15 +86,52 @@ count_results() {
 		END { printf "%d %d %d\n", pass, fail, skip }'
 }
 
+# The whole suite again with the daemon, the core and the unit tests built
+# with AddressSanitizer and UndefinedBehaviorSanitizer, in a copy made by
+# `make distdir` (which also proves the distribution is complete).
+sanitized_check() {
+	local dir=build-asan/ckptfs-san
+	local flags="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined"
+	say "make check, built with ASan and UBSan (in $dir)"
+	rm -rf build-asan
+	mkdir build-asan
+	make distdir distdir="$dir" >/dev/null || return 1
+	(
+		cd "$dir" &&
+		./configure -q CFLAGS="$flags" LDFLAGS="-fsanitize=address,undefined" &&
+		make -j"$(nproc)" >/dev/null &&
+		ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+			make -j"$(nproc)" check VERBOSE=1
+	)
+}
+
+# A short libFuzzer run of every parser (make fuzz runs them longer).
+fuzz_smoke() {
+	say "fuzzing, ${FUZZ_SECONDS:-30} s per target"
+	FUZZ_SECONDS=${FUZZ_SECONDS:-30} fuzz/run-fuzzers "$PWD" "$PWD/fuzz/out"
+}
+
 run_check() {
 	local stamp before rc=0 passed failed skipped leftover
 	stamp=$(mktemp)
 	before=$(fuse_mounts)
+	# the corpus beside the checkout, for the copy that sanitized_check builds
+	[ -d ../shared/corpus ] && export CKPTFS_CORPUS="${CKPTFS_CORPUS:-$(cd ../shared/corpus && pwd)}"
 	say "make check"
 	# VERBOSE=1: automake prints the logs of the failed tests (test-suite.log).
 	make -j"$(nproc)" check VERBOSE=1 || rc=$?
+	sanitized_check || rc=$?
 	read -r passed failed skipped < <(count_results "$stamp")
 	rm -f "$stamp"
+	local fuzz_out
+	if fuzz_out=$(fuzz_smoke); then
+		printf '%s\n' "$fuzz_out"
+		passed=$((passed + $(printf '%s\n' "$fuzz_out" | grep -c 'no crash$')))
+	else
+		printf '%s\n' "$fuzz_out"
+		failed=$((failed + 1))
+		rc=1
+	fi
 	leftover=$(comm -13 <(printf '%s\n' "$before" | sort) <(fuse_mounts | sort) | sed '/^$/d')
 	if [ -n "$leftover" ]; then
 		printf 'setup.sh: warning: FUSE mounts appeared during make check and are still there:\n%s\n' \

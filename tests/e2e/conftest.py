@@ -195,6 +195,11 @@ class Mount:
             self.proc.wait()
         if not force_unmount(self.mnt):
             problems.append("mount left in /proc/mounts: %s" % self.mnt)
+        # an ASan/UBSan build of the daemon reports here (setup.sh check runs one)
+        for line in self.log().splitlines():
+            if "Sanitizer" in line or ": runtime error: " in line:
+                problems.append("daemon: %s" % line.strip())
+                break
         with _live_lock:
             if self in _live:
                 _live.remove(self)
