@@ -20,24 +20,23 @@ const char *ck_format_name(enum ck_format f)
 int ck_view_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
 		   enum ck_format *fmt, struct ck_err *e)
 {
-	uint8_t head[16];
+	uint8_t head[32];
+	size_t n = src->size < sizeof(head) ? (size_t)src->size : sizeof(head);
 	enum ck_zip_kind kind;
 
 	*out = NULL;
 	*fmt = CK_FORMAT_OTHER;
-	if (src->size < sizeof(head))
-		return 0;
-	if (ck_src_read(src, head, sizeof(head), 0, e))
+	if (ck_src_read(src, head, n, 0, e))
 		return -1;
-	if (ck_legacy_detect(head, sizeof(head))) {
+	if (ck_legacy_detect(head, n)) {
 		*fmt = CK_FORMAT_LEGACY;
 		return ck_legacy_layout(src, v, out, e);
 	}
-	if (ck_safetensors_detect(head, sizeof(head), src->size)) {
+	if (ck_safetensors_detect(head, n, src->size)) {
 		*fmt = CK_FORMAT_SAFETENSORS;
 		return ck_safetensors_layout(src, v, out, e);
 	}
-	if (memcmp(head, "PK\3\4", 4) != 0)
+	if (n < 4 || memcmp(head, "PK\3\4", 4) != 0)
 		return 0;
 	if (ck_torchzip_layout(src, v, out, &kind, e))
 		return -1;

@@ -5,17 +5,25 @@
 #include <string.h>
 #include "pickle.h"
 
-/* pickle.dumps(0x1950a86a20f9469cfc6c, protocol=2): torch's MAGIC_NUMBER */
-static const uint8_t magic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46,
-				0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e};
+/* torch's MAGIC_NUMBER 0x1950a86a20f9469cfc6c as a pickle LONG1 */
+static const uint8_t magic[] = {0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
 
 /* pickles before the object: magic, protocol version, sys_info */
 #define PICKLES_BEFORE_OBJECT 3
 #define FIRST_WINDOW ((size_t)64 << 10)
 
+/* The first pickle is the magic number alone: PROTO (torch.save's
+ * pickle_protocol, 2 to 5), a FRAME from protocol 4 on, LONG1, STOP. */
 bool ck_legacy_detect(const uint8_t *head, size_t n)
 {
-	return n >= sizeof(magic) && memcmp(head, magic, sizeof(magic)) == 0;
+	size_t p = 2;
+
+	if (n < 2 || head[0] != 0x80 || head[1] < 2 || head[1] > 5)
+		return false;
+	if (n > p && head[p] == 0x95)
+		p += 9;
+	return n >= p + sizeof(magic) + 1 && memcmp(head + p, magic, sizeof(magic)) == 0 &&
+	       head[p + sizeof(magic)] == '.';
 }
 
 /* Reads the pickle starting at off into *buf, growing the window until its

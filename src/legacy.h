@@ -11,7 +11,7 @@
 #include "source.h"
 #include "view.h"
 
-/* Whether the first bytes (at least 15) open a legacy checkpoint. */
+/* Whether the first n bytes open a legacy checkpoint (24 bytes suffice). */
 bool ck_legacy_detect(const uint8_t *head, size_t n);
 
 /* Builds the view layout (*out NULL: the source unchanged), or -1 with e set. */

@@ -121,6 +121,11 @@ static int rename_header(const char *hdr, size_t n, json_t *root, const struct c
 			break;
 		}
 		all[k] = (struct name){.s = nk ? nk : key, .len = nl, .orig = key};
+		if (nk && strcmp(nk, METADATA) == 0) {
+			rc = ck_err_set(e, EIO, "safetensors header: tensor '%s' would be named '" METADATA
+					"', which safetensors reserves", key);
+			break;
+		}
 		HASH_FIND(hh, names, all[k].s, nl, x);
 		if (x) {
 			rc = ck_err_set(e, EIO, "safetensors header: tensors '%s' and '%s' would both be named '%.*s'",

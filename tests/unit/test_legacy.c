@@ -74,6 +74,16 @@ int main(void)
 	struct ck_buf want = {0};
 
 	ok(ck_legacy_detect(src, n), "the legacy magic pickle is recognised");
+	{
+		/* pickle.dumps(MAGIC_NUMBER, protocol=3) and protocol=4 (framed) */
+		static const uint8_t p3[] = "\x80\x03\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.";
+		static const uint8_t p4[] = "\x80\x04\x95\x0d\0\0\0\0\0\0\0\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.";
+		static const uint8_t other[] = "\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x18.";
+		ok(ck_legacy_detect(p3, sizeof(p3) - 1), "protocol 3 magic recognised");
+		ok(ck_legacy_detect(p4, sizeof(p4) - 1), "protocol 4 magic, framed, recognised");
+		ok(!ck_legacy_detect(p4, sizeof(p4) - 2), "a cut magic is not");
+		ok(!ck_legacy_detect(other, sizeof(other) - 1), "another number is not");
+	}
 	ok(view_bytes(src, n, &ck_view_plain, &view, &vlen, &fmt, &e) == 0 && view && fmt == CK_FORMAT_LEGACY,
 	   "plain view of a legacy DDP checkpoint is rewritten (%s)", e.msg);
 

@@ -93,6 +93,8 @@ int main(void)
 	   "nothing to rename: the source");
 	expect_error("a rename that merges two tensors is refused",
 		     "{\"module.a\":" T("0,8") ",\"a\":" T("8,16") "}", &ck_view_plain, "would both be named 'a'");
+	expect_error("no tensor may be renamed to the reserved __metadata__",
+		     "{\"module.__metadata__\":" T("0,8") ",\"module.a\":" T("8,16") "}", &ck_view_plain, "reserves");
 	expect_error("duplicate names are refused", "{\"a\":" T("0,8") ",\"a\":" T("8,16") "}", &ck_view_ddp,
 		     "duplicate");
 	expect_error("broken JSON names its offset", "{\"a\":" T("0,8") ",}", &ck_view_ddp, "header offset");
