@@ -26,11 +26,19 @@ Rules (issue #2, with the lead's refinements in src/pickle.c marked *):
   * A part already in the view's form is left alone: keys are idempotent under
     both rules; a ddp-shaped `_metadata` ('' first, 'module' second, every
     other key a fixed point of the ddp rule) is kept as it is in the ddp view.
+  * Custom views (issue #3, `-o view=NAME:strip=P[:strip=P...][:add=P]`):
+    the same rules with only the listed prefixes stripped and `add` (if any)
+    in place of "module.": plain is (WRAPPERS, None), ddp (WRAPPERS,
+    "module.").  A view that adds a prefix inserts the wrapper's ("", ...)
+    entry like ddp; one that strips only (Lightning `model.`, PEFT
+    `base_model.model.`) treats `_metadata` like plain.  A key collision in
+    any view makes the daemon refuse the file (EIO): KeyCollision here.
 """
 
 import collections
 import math
 import pickle
+import re
 
 import torch
 
@@ -38,13 +46,94 @@ PREFIX = "module."
 WRAPPERS = ("module.", "_orig_mod.")
 VIEWS = ("plain", "ddp")
 
+MAX_CUSTOM_VIEWS = 13
+MAX_STRIP = 8                   # CK_VIEW_MAX_STRIP in src/view.h
+VIEW_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+\Z")
+
+
+# --------------------------------------------------------------------------
+# views
+
+class View(collections.namedtuple("View", "name strip add")):
+    """A view: the top-level directory `name`, the wrapper prefixes it strips
+    (each ending in "."; leading components, any order, repeated) and the
+    prefix it adds afterwards (ending in ".", or None).  plain and ddp are
+    View("plain", WRAPPERS, None) and View("ddp", WRAPPERS, "module.");
+    `-o view=NAME:strip=P[:strip=P...][:add=P]` makes a custom one."""
+
+    __slots__ = ()
+
+    def option(self):
+        """The `-o` argument that defines this view."""
+        parts = [self.name] + ["strip=" + p for p in self.strip]
+        if self.add is not None:
+            parts.append("add=" + self.add)
+        return "view=" + ":".join(parts)
+
+
+PLAIN = View("plain", WRAPPERS, None)
+DDP = View("ddp", WRAPPERS, PREFIX)
+BUILTIN = {"plain": PLAIN, "ddp": DDP}
+
+
+def _check_prefix(p, spec):
+    if not p.endswith(".") or p == ".":
+        raise ValueError("view %r: prefix %r must end with '.'" % (spec, p))
+
+
+def parse_view(spec):
+    """`NAME:strip=PREFIX[:strip=PREFIX...][:add=PREFIX]` (the value of
+    `-o view=`) -> View; ValueError on anything the daemon must refuse."""
+    if spec.startswith("view="):
+        spec = spec[len("view="):]
+    parts = spec.split(":")
+    name, strip, add = parts[0], [], None
+    if not VIEW_NAME_RE.match(name) or name in (".", ".."):
+        raise ValueError("view %r: bad name %r" % (spec, name))
+    if name in BUILTIN:
+        raise ValueError("view %r: %r is a built-in view" % (spec, name))
+    for part in parts[1:]:
+        what, eq, p = part.partition("=")
+        if not eq or what not in ("strip", "add"):
+            raise ValueError("view %r: expected strip=PREFIX or add=PREFIX, got %r" % (spec, part))
+        if add is not None:
+            raise ValueError("view %r: add= must come last, once" % spec)
+        _check_prefix(p, spec)
+        if what == "strip":
+            strip.append(p)
+        else:
+            add = p
+    if not strip:
+        raise ValueError("view %r: no strip=PREFIX" % spec)
+    if len(strip) > MAX_STRIP:
+        raise ValueError("view %r: more than %d strip= prefixes" % (spec, MAX_STRIP))
+    return View(name, tuple(strip), add)
+
+
+def custom_view(name, strip, add=None):
+    """A custom view, validated as the daemon's option parser would."""
+    if isinstance(strip, str):
+        strip = (strip,)
+    return parse_view(View(name, tuple(strip), add).option())
+
+
+def view_of(view):
+    """A View for "plain", "ddp", a View, or a custom `NAME:strip=...` spec."""
+    if isinstance(view, View):
+        return view
+    if view in BUILTIN:
+        return BUILTIN[view]
+    if isinstance(view, str) and ":" in view:
+        return parse_view(view)
+    raise ValueError("unknown view %r" % (view,))
+
 
 # --------------------------------------------------------------------------
 # key rules
 
-def _strip(key, meta):
+def _strip(key, meta, prefixes=WRAPPERS):
     while True:
-        for w in WRAPPERS:
+        for w in prefixes:
             if key.startswith(w):
                 key = key[len(w):]
                 break
@@ -54,38 +143,79 @@ def _strip(key, meta):
             return key
 
 
-def plain_key(key):
-    return _strip(key, False)
+def view_key(view, key):
+    """A state-dict key in `view`: strip, then add."""
+    v = view_of(view)
+    return (v.add or "") + _strip(key, False, v.strip)
 
 
-def ddp_key(key):
-    return PREFIX + plain_key(key)
+def view_meta_key(view, key):
+    """A `_metadata` key (a module path, "" = root) in `view`."""
+    v = view_of(view)
+    key = _strip(key, True, v.strip)
+    if v.add is None:
+        return key
+    return v.add[:-1] if key == "" else v.add + key
 
 
-def plain_meta_key(key):
-    return _strip(key, True)
-
-
-def ddp_meta_key(key):
-    key = plain_meta_key(key)
-    return PREFIX[:-1] if key == "" else PREFIX + key
-
-
-def plain_metadata(md):
-    out = collections.OrderedDict()
-    for k, v in md.items():
-        out[plain_meta_key(k)] = v      # re-assignment keeps the first position
-    return out
-
-
-def ddp_metadata(md):
+def view_metadata(view, md):
+    """`_metadata` in `view`: names stripped (on collision the later value
+    wins at the earlier position, as unpickling assigns); a view that adds a
+    prefix puts the wrapper's own ("", {"version": 1}) first and renames the
+    rest; an empty `_metadata` names no module and stays."""
+    v = view_of(view)
+    stripped = collections.OrderedDict()
+    for k, val in md.items():
+        stripped[_strip(k, True, v.strip)] = val   # re-assignment keeps the first position
+    if v.add is None:
+        return stripped
     if not md:
         return md
     out = collections.OrderedDict()
     out[""] = {"version": 1}
-    for k, v in plain_metadata(md).items():
-        out[ddp_meta_key(k)] = v
+    for k, val in stripped.items():
+        out[view_meta_key(v, k)] = val
     return out
+
+
+def metadata_in_form(view, md):
+    """A `_metadata` a view that adds a prefix leaves as it is: the wrapper's
+    "" first, the wrapped root (add minus the dot) second, every other name
+    a fixed point of the view's rule."""
+    v = view_of(view)
+    if v.add is None:
+        return False
+    keys = list(md.keys())
+    return len(keys) >= 2 and keys[0] == "" and keys[1] == v.add[:-1] and \
+        all(view_meta_key(v, k) == k for k in keys[1:])
+
+
+def plain_key(key):
+    return view_key(PLAIN, key)
+
+
+def ddp_key(key):
+    return view_key(DDP, key)
+
+
+def plain_meta_key(key):
+    return view_meta_key(PLAIN, key)
+
+
+def ddp_meta_key(key):
+    return view_meta_key(DDP, key)
+
+
+def plain_metadata(md):
+    return view_metadata(PLAIN, md)
+
+
+def ddp_metadata(md):
+    return view_metadata(DDP, md)
+
+
+def metadata_in_ddp_form(md):
+    return metadata_in_form(DDP, md)
 
 
 KEY_RULES = {"plain": plain_key, "ddp": ddp_key}
@@ -120,34 +250,33 @@ def is_state_dict(obj):
     return type(obj) is collections.OrderedDict and hasattr(obj, "_metadata")
 
 
-def metadata_in_ddp_form(md):
-    keys = list(md.keys())
-    return len(keys) >= 2 and keys[0] == "" and keys[1] == PREFIX[:-1] and \
-        all(ddp_meta_key(k) == k for k in keys[1:])
+class KeyCollision(ValueError):
+    """Two keys of one state dict would get the same name: the daemon
+    refuses the file (EIO)."""
 
 
 def _rename_state_dict(sd, view):
-    rule = KEY_RULES[view]
     new = type(sd)()
     for k, v in sd.items():
-        nk = rule(k)
+        nk = view_key(view, k)
         if nk in new:
-            raise ValueError("key collision in %s view: %r" % (view, nk))
+            raise KeyCollision("key collision in %s view: %r" % (view.name, nk))
         new[nk] = v
     # carry attributes (an OrderedDict's pickled state), transforming _metadata
     for attr, val in getattr(sd, "__dict__", {}).items():
         if attr == "_metadata" and isinstance(val, dict) and \
                 all(type(k) is str for k in val) and \
-                not (view == "ddp" and metadata_in_ddp_form(val)):
-            val = META_RULES[view](val)
+                not metadata_in_form(view, val):
+            val = view_metadata(view, val)
         setattr(new, attr, val)
     return new
 
 
 def transform(obj, view):
-    """The object a view presents for a source object `obj` (loaded)."""
-    if view not in VIEWS:
-        raise ValueError(view)
+    """The object a view presents for a source object `obj` (loaded).
+    `view`: "plain", "ddp", a View, or a custom spec "NAME:strip=P[:add=P]".
+    Raises KeyCollision where the daemon must refuse the file."""
+    view = view_of(view)
     memo = {}
 
     def walk(o, may_be_sd):

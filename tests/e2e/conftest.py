@@ -163,7 +163,8 @@ class Mount:
 
     def log(self):
         try:
-            self.logf.flush()
+            if not self.logf.closed:
+                self.logf.flush()
             with open(self.log_path, "rb") as f:
                 return f.read().decode("utf-8", "replace")
         except OSError:

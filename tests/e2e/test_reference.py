@@ -234,3 +234,165 @@ def test_cmp_lists_and_objects():
     assert not same(["0"], ["module.0"])
     assert same(ckmodels.make_model(0), ckmodels.make_model(0))
     assert not same(ckmodels.make_model(0), ckmodels.make_model(1))
+
+
+# -- _orig_mod. (torch.compile) and custom views (issue #3) --------------------
+
+class Compiled(nn.Module):
+    """Stands for torch.compile's OptimizedModule (not in torch 1.13): the
+    model is the attribute `_orig_mod`, so keys get "_orig_mod."."""
+
+    def __init__(self, mod):
+        super().__init__()
+        self._orig_mod = mod
+
+    def forward(self, *a):
+        return self._orig_mod(*a)
+
+
+class Lit(nn.Module):
+    """A LightningModule holding its network as `model`."""
+
+    def __init__(self, mod):
+        super().__init__()
+        self.model = mod
+
+
+class Peft(nn.Module):
+    """PeftModel: `base_model` (LoraModel) holds the network as `model`."""
+
+    def __init__(self, mod):
+        super().__init__()
+        self.base_model = nn.Module()
+        self.base_model.model = mod
+
+
+BARE = ckref.custom_view("bare", "model.")
+PEFT = ckref.custom_view("peft", "base_model.model.")
+
+
+def test_ref_orig_mod_metadata_shape():
+    m = ckmodels.make_model(10)
+    sd = Compiled(m).state_dict()
+    assert list(sd)[0] == "_orig_mod.0.weight"
+    assert list(sd._metadata)[:3] == ["", "_orig_mod", "_orig_mod.0"]
+
+
+@pytest.mark.parametrize("wrap", ["compiled", "dp_of_compiled", "compiled_of_dp",
+                                  "compiled_compiled_dp"])
+def test_ref_orig_mod_wrappers(wrap):
+    m = ckmodels.make_model(11)
+    w = {"compiled": lambda: Compiled(m),
+         "dp_of_compiled": lambda: nn.DataParallel(Compiled(m)),
+         "compiled_of_dp": lambda: Compiled(nn.DataParallel(m)),
+         "compiled_compiled_dp": lambda: Compiled(Compiled(nn.DataParallel(m)))}[wrap]()
+    sd = w.state_dict()
+    assert_same(transform(sd, "plain"), m.state_dict())
+    assert_same(transform(sd, "ddp"), nn.DataParallel(m).state_dict())
+    bare = ckmodels.make_model(12)
+    bare.load_state_dict(transform(sd, "plain"), strict=True)
+
+
+def test_ref_builtin_views_are_views():
+    assert ckref.view_of("plain") == ckref.View("plain", ("module.", "_orig_mod."), None)
+    assert ckref.view_of("ddp") == ckref.View("ddp", ("module.", "_orig_mod."), "module.")
+    sd = nn.DataParallel(Compiled(ckmodels.make_model(13))).state_dict()
+    for name in ckref.VIEWS:
+        assert_same(transform(sd, ckref.view_of(name)), transform(sd, name))
+    # the same rules spelled as a custom view give the same result
+    for add in (None, "module."):
+        v = ckref.custom_view("again", ("module.", "_orig_mod."), add)
+        assert_same(transform(sd, v), transform(sd, "ddp" if add else "plain"))
+
+
+@pytest.mark.parametrize("spec,exp", [
+    ("bare:strip=model.", ckref.View("bare", ("model.",), None)),
+    ("view=peft:strip=base_model.model.", ckref.View("peft", ("base_model.model.",), None)),
+    ("a.b-c_1:strip=x.:strip=_orig_mod.:add=net.",
+     ckref.View("a.b-c_1", ("x.", "_orig_mod."), "net.")),
+])
+def test_ref_parse_view(spec, exp):
+    v = ckref.parse_view(spec)
+    assert v == exp
+    assert ckref.parse_view(v.option()) == v
+
+
+@pytest.mark.parametrize("spec", [
+    "x", "x:", "plain:strip=a.", "ddp:strip=a.", "x:strip=a", "x:strip=", "x:strip=.",
+    "x:add=a.", "x:strip=a.:add=b", "x:strip=a.:add=b.:strip=c.", "x:drop=a.",
+    "x y:strip=a.", "x/y:strip=a.", ":strip=a.", "..:strip=a.", ".:strip=a.",
+    "x:" + ":".join("strip=p%d." % i for i in range(ckref.MAX_STRIP + 1)),
+])
+def test_ref_parse_view_rejects(spec):
+    with pytest.raises(ValueError):
+        ckref.parse_view(spec)
+
+
+def test_ref_custom_strip_lightning():
+    m = ckmodels.make_model(14)
+    sd = Lit(m).state_dict()
+    assert list(sd)[0] == "model.0.weight"
+    assert_same(transform(sd, BARE), m.state_dict())
+    ck = {"state_dict": sd, "epoch": 3,
+          "callbacks": {"ModelCheckpoint": {"best_k_models": {"/tmp/a.ckpt": torch.tensor(0.5)}}}}
+    out = transform(ck, BARE)
+    assert_same(out["state_dict"], m.state_dict())
+    assert_same(out["callbacks"], ck["callbacks"])
+    # built-in views leave model. alone
+    assert not ckref.changes(ck, "plain")
+
+
+def test_ref_custom_view_strips_only_listed():
+    t = torch.zeros(1)
+    sd = {"module.model.a": t, "_orig_mod.model.b": t, "model.module.c": t}
+    assert list(transform(sd, BARE)) == ["module.model.a", "_orig_mod.model.b", "module.c"]
+    v = ckref.custom_view("both", ("module.", "model."))
+    assert list(transform(sd, v)) == ["a", "_orig_mod.model.b", "c"]
+    # order of the listed prefixes does not matter, repeats are stripped
+    sd = {"model.module.model.x": t, "module.module.y": t}
+    for strip in (("module.", "model."), ("model.", "module.")):
+        assert list(transform(sd, ckref.custom_view("v", strip))) == ["x", "y"]
+
+
+def test_ref_custom_add():
+    m = ckmodels.make_model(15)
+    lit = Lit(m)
+    v = ckref.custom_view("lit", ("module.", "model."), "model.")   # DP(m) -> Lightning
+    assert_same(transform(nn.DataParallel(m).state_dict(), v), lit.state_dict())
+    assert not ckref.changes(lit.state_dict(), v)          # already in form
+    # an added prefix that is not also stripped is added again: no fixed point
+    u = ckref.custom_view("lit2", "module.", "model.")
+    assert list(transform(lit.state_dict(), u))[0] == "model.model.0.weight"
+    w = ckref.custom_view("dp", "model.", "module.")       # Lightning -> DP(m)
+    assert_same(transform(lit.state_dict(), w), nn.DataParallel(m).state_dict())
+    assert ckref.metadata_in_form(v, lit.state_dict()._metadata)
+    assert not ckref.metadata_in_form(v, m.state_dict()._metadata)
+    assert not ckref.metadata_in_form(BARE, m.state_dict()._metadata)
+
+
+def test_ref_custom_peft_keys_and_metadata():
+    m = ckmodels.make_model(16)
+    sd = Peft(m).state_dict()
+    md = list(sd._metadata.items())
+    assert [k for k, _ in md][:4] == ["", "base_model", "base_model.model", "base_model.model.0"]
+    out = transform(sd, PEFT)
+    assert list(out) == list(m.state_dict())
+    # 'base_model' is not a listed prefix: it stays; the inner root replaces
+    # '' in place (later wins at the earlier position)
+    exp = [("", md[2][1]), ("base_model", md[1][1])] + \
+        [(k[len("base_model.model."):], v) for k, v in md[3:]]
+    assert list(out._metadata.items()) == exp
+    assert ckref.view_meta_key(PEFT, "base_model.model") == ""
+    assert ckref.view_meta_key(PEFT, "base_model") == "base_model"
+
+
+def test_ref_custom_collision():
+    t = torch.zeros(1)
+    with pytest.raises(ckref.KeyCollision):
+        transform({"model.w": t, "w": t}, BARE)
+    with pytest.raises(ckref.KeyCollision):
+        transform({"module.w": t, "w": t}, "plain")
+    # ddp: "module.w" and "w" both become "module.w" as well
+    with pytest.raises(ckref.KeyCollision):
+        transform({"module.w": t, "w": t}, "ddp")
+    assert list(transform({"module.w": t, "w": t}, BARE)) == ["module.w", "w"]
