@@ -79,6 +79,10 @@ static int read_end(struct archive *a, uint64_t *n_entries)
 		goto out;
 	}
 	const uint8_t *r = t + eocd;
+	/* What torch's reader (miniz) refuses is refused here too, never
+	 * repaired by the rewrite: other disks, entry counts that disagree. */
+	uint32_t disk = ck_le16(r + 4), cd_disk = ck_le16(r + 6);
+	uint64_t on_disk = ck_le16(r + 8);
 	*n_entries = ck_le16(r + 10);
 	a->cd_size = ck_le32(r + 12);
 	a->cd_off = ck_le32(r + 16);
@@ -102,10 +106,25 @@ static int read_end(struct archive *a, uint64_t *n_entries)
 			rc = bad(a, z, "zip64 end record signature missing");
 			goto out;
 		}
+		if (ck_le32(r - LOCATOR64_LEN + 16) != 1 || ck_le64(z64 + 4) < EOCD64_LEN - 12) {
+			rc = bad(a, z, "zip64 end records of a multi-disk archive or of a wrong size");
+			goto out;
+		}
+		disk = ck_le32(z64 + 16);
+		cd_disk = ck_le32(z64 + 20);
+		on_disk = ck_le64(z64 + 24);
 		*n_entries = ck_le64(z64 + 32);
 		a->cd_size = ck_le64(z64 + 40);
 		a->cd_off = ck_le64(z64 + 48);
 		cd_limit = z;
+	}
+	if ((disk | cd_disk) != 0 && (disk != 1 || cd_disk != 1)) {
+		rc = bad(a, tail_off + eocd, "multi-disk archive");
+		goto out;
+	}
+	if (on_disk != *n_entries) {
+		rc = bad(a, tail_off + eocd, "entries on this disk differ from the total");
+		goto out;
 	}
 	if (a->cd_off > cd_limit || a->cd_size > cd_limit - a->cd_off) {
 		rc = bad(a, a->cd_off, "central directory lies outside the file");
@@ -159,6 +178,25 @@ static int resolve_zip64(struct archive *a, struct entry *x, uint64_t at)
 	return bad(a, at, "zip64 extra field missing or short");
 }
 
+/* The per-entry checks of torch's reader, so that an archive it refuses
+ * is not turned into one it loads. */
+static int check_entry(struct archive *a, const struct entry *x, uint64_t at)
+{
+	uint16_t flags = ck_le16(x->hdr + 8), method = ck_le16(x->hdr + 10);
+
+	if (x->lho > a->cd_off || a->cd_off - x->lho < LOCAL_LEN)
+		return bad(a, at, "local header offset lies outside the records");
+	if (flags & 0x41)
+		return bad(a, at, "encrypted entry");
+	if (method == 0 && x->csize != x->usize)
+		return bad(a, at, "stored entry with different compressed and real sizes");
+	if (x->usize && !x->csize)
+		return bad(a, at, "entry with data but no compressed bytes");
+	if (x->csize > a->cd_off - x->lho - LOCAL_LEN)
+		return bad(a, at, "entry data runs into the central directory");
+	return 0;
+}
+
 static int read_central(struct archive *a, uint64_t n_entries)
 {
 	uint64_t p = 0;
@@ -184,8 +222,8 @@ static int read_central(struct archive *a, uint64_t n_entries)
 		x->comment = x->extra + x->extra_len;
 		if (resolve_zip64(a, x, at))
 			return -1;
-		if (x->lho > a->cd_off || a->cd_off - x->lho < LOCAL_LEN)
-			return bad(a, at, "local header offset lies outside the records");
+		if (check_entry(a, x, at))
+			return -1;
 		p += CENTRAL_LEN + x->name_len + x->extra_len + x->comment_len;
 	}
 	return 0;
@@ -275,6 +313,10 @@ static int read_pickle(struct archive *a, const struct entry *x, uint8_t **pkl, 
 	uint64_t data;
 	int rc = -1;
 
+	/* torch's reader extracts nothing from a directory entry and unpickles
+	 * whatever memory it got: refuse rather than guess */
+	if (ck_le32(x->hdr + 38) & 0x10)
+		return bad(a, x->lho, "data.pkl is marked as a directory (MS-DOS attribute)");
 	if (ck_src_read(a->src, lh, sizeof(lh), x->lho, a->e))
 		return -1;
 	if (ck_le32(lh) != SIG_LOCAL)
@@ -284,8 +326,6 @@ static int read_pickle(struct archive *a, const struct entry *x, uint8_t **pkl, 
 		return bad(a, x->lho, "data.pkl runs into the central directory");
 	if (x->usize > CK_ZIP_MAX_PICKLE_BYTES || x->csize > CK_ZIP_MAX_PICKLE_BYTES)
 		return bad(a, x->lho, "data.pkl larger than the 1 GiB limit");
-	if (method == 0 && x->csize != x->usize)
-		return bad(a, x->lho, "stored data.pkl with different compressed and real sizes");
 	if (method != 0 && method != 8)
 		return bad(a, x->lho, "data.pkl compressed with a method other than deflate");
 	*data_end = data + x->csize;
