@@ -46,16 +46,19 @@ static int view_of(const char *header, size_t data, const struct ck_view *v, cha
 	return rc;
 }
 
+/* Headers here describe 16 bytes of data: F32 [2] tensors at [0,8] and [8,16]. */
+#define DATA 16
+
 static void expect(const char *name, const char *in, const struct ck_view *v, const char *want)
 {
 	char *got;
 	size_t data = 0;
 	struct ck_err e;
-	int rc = view_of(in, 24, v, &got, &data, &e);
+	int rc = view_of(in, DATA, v, &got, &data, &e);
 	size_t wl = strlen(want), pad = got ? strlen(got) - wl : 0;
 
 	ok(rc == 0 && got && strncmp(got, want, wl) == 0 && strlen(got) % 8 == 0 && strspn(got + wl, " ") == pad &&
-		   data == 24,
+		   data == DATA,
 	   "%s (got '%s'; %s)", name, got ? got : "(unchanged)", e.msg);
 	free(got);
 }
@@ -65,7 +68,7 @@ static void expect_error(const char *name, const char *in, const struct ck_view 
 	char *got;
 	size_t data;
 	struct ck_err e;
-	int rc = view_of(in, 24, v, &got, &data, &e);
+	int rc = view_of(in, DATA, v, &got, &data, &e);
 
 	ok(rc == -1 && strstr(e.msg, needle), "%s (%s)", name, e.msg);
 	free(got);
@@ -87,16 +90,28 @@ int main(void)
 	expect("plain strips wrappers; whitespace and order kept",
 	       "{ \"module.b\" : " T("8,16") " ,\n \"_orig_mod.a\":" T("0,8") "}   ", &ck_view_plain,
 	       "{ \"b\" : " T("8,16") " ,\n \"a\":" T("0,8") "}");
-	expect("escaped names are decoded before renaming", "{\"module.\\u00e9\":" T("0,8") "}", &ck_view_plain,
-	       "{\"\xc3\xa9\":" T("0,8") "}");
-	ok(view_of("{\"a\":" T("0,8") "}      ", 24, &ck_view_plain, &got, &data, &e) == 0 && !got,
-	   "nothing to rename: the source");
+	expect("escaped names are decoded before renaming",
+	       "{\"module.\\u00e9\":" T("0,8") ",\"b\":" T("8,16") "}", &ck_view_plain,
+	       "{\"\xc3\xa9\":" T("0,8") ",\"b\":" T("8,16") "}");
+	ok(view_of("{\"a\":" T("0,8") ",\"b\":" T("8,16") "}      ", DATA, &ck_view_plain, &got, &data, &e) == 0 &&
+		   !got,
+	   "nothing to rename: the source (%s)", e.msg);
 	expect_error("a rename that merges two tensors is refused",
 		     "{\"module.a\":" T("0,8") ",\"a\":" T("8,16") "}", &ck_view_plain, "would both be named 'a'");
 	expect_error("no tensor may be renamed to the reserved __metadata__",
 		     "{\"module.__metadata__\":" T("0,8") ",\"module.a\":" T("8,16") "}", &ck_view_plain, "reserves");
 	expect_error("duplicate names are refused", "{\"a\":" T("0,8") ",\"a\":" T("8,16") "}", &ck_view_ddp,
 		     "duplicate");
+	expect_error("tensors that stop short of the file's end are refused (truncation the other way round)",
+		     "{\"a\":" T("0,8") "}", &ck_view_ddp, "tensors end there");
+	expect_error("a gap between tensors is refused", "{\"a\":" T("0,8") ",\"b\":{\"dtype\":\"U8\",\"shape\":[8],\"data_offsets\":[12,20]}}", &ck_view_ddp,
+		     "expected 8");
+	expect_error("a size that does not match the shape is refused",
+		     "{\"a\":{\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":" T("8,16") "}",
+		     &ck_view_ddp, "holds 8 bytes");
+	expect_error("a __metadata__ that is not a map of strings is refused",
+		     "{\"__metadata__\":{\"n\":1},\"a\":" T("0,8") ",\"b\":" T("8,16") "}", &ck_view_ddp,
+		     "map of strings");
 	expect_error("broken JSON names its offset", "{\"a\":" T("0,8") ",}", &ck_view_ddp, "header offset");
 	expect_error("bytes after the object are refused", "{\"a\":" T("0,8") "}xx", &ck_view_ddp, "after the JSON");
 	return tap_done();
