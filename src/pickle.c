@@ -211,6 +211,11 @@ static size_t scan(struct machine *m, bool record, bool *short_input)
 			return 0;
 		}
 		if (record) {
+			if (m->nops == CK_PICKLE_MAX_OPS) {
+				ck_err_set(m->e, EFBIG, "pickle offset %zu: more than %u opcodes, the limit", p,
+					   CK_PICKLE_MAX_OPS);
+				return 0;
+			}
 			if (GROW(m, ops, capops, nops)) {
 				ck_err_nomem(m->e);
 				return 0;

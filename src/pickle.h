@@ -17,8 +17,11 @@ enum ck_pickle_result {
 	CK_PICKLE_REWRITTEN = 1,  /* out holds the new pickle */
 };
 
-/* Limits that keep hostile input bounded in memory and time. */
+/* Limits that keep hostile input bounded in memory and time. Rewriting
+ * holds about 75 bytes per opcode; a state dict takes some 35 opcodes a
+ * tensor, so 8 Mi opcodes (under 640 MiB) is a checkpoint of 240000 tensors. */
 #define CK_PICKLE_MAX_BYTES ((size_t)1 << 30)
+#define CK_PICKLE_MAX_OPS ((uint32_t)1 << 23)
 
 /* The length of the pickle at the start of in (through its STOP), or 0 with
  * e set; *short_input tells the bytes ended before STOP. */

@@ -488,6 +488,13 @@ static void test_hostile(void)
 	expect_error("a million MARKs", &b, &ck_view_plain, "empty stack");
 	ck_buf_free(&b);
 
+	/* past the opcode limit: refused before memory grows with it */
+	pk_proto(&b, 2);
+	ck_buf_fill(&b, 'N', CK_PICKLE_MAX_OPS);
+	pk_op(&b, '.');
+	expect_error("more opcodes than the limit", &b, &ck_view_plain, "the limit");
+	ck_buf_free(&b);
+
 	/* 200000 nested lists: no recursion to overflow */
 	pk_proto(&b, 2);
 	for (int i = 0; i < 200000; i++)
