@@ -1,0 +1,676 @@
+"""Hostile and broken inputs (issue #4): every truncation of a small
+checkpoint, random bit flips, pickles built to attack an unpickler, zip
+bombs.  One mount per module, all cases in one source tree.
+
+The oracle for a broken checkpoint T (the bytes in the source) and what a
+view V of it gives:
+  * open or read fails with EIO, and the log has a line naming the view file
+    with an offset; or
+  * V == T (the view serves the source unchanged); or
+  * T itself is a valid checkpoint (torch.load(weights_only=True) loads it;
+    for safetensors: the header is valid and its tensors cover the data
+    exactly, as the safetensors crate checks) and V loads to the reference
+    transform of T.
+Truncations are judged by exactly that: a cut is a structural break (a
+length or offset pointing past the end) that the daemon sees, so a view that
+differs from a truncated source is a rewrite of a file no reader accepts.
+One exception: the raw storages of the legacy format have no index, and
+ckptfs never reads them, so a cut or flip there is served as it is: V must
+then be T with only its (intact) object pickle replaced by the reference
+transform, and the broken storages after it exactly as in T.
+Bit flips also break values only the loader judges (a global's name, a
+dtype string): there the daemon must pass the damage on faithfully, so a
+rewritten V of an invalid T must fail to load too, with the same exception
+type, and must never load where T does not.
+Hostile pickles are never loaded by the test: V == T or EIO, nothing else.
+After all of it the daemon is alive and an intact file still reads right.
+"""
+
+import collections
+import errno
+import io
+import json
+import os
+import pickle
+import random
+import re
+import struct
+import threading
+import time
+import zipfile
+import zlib
+
+import pytest
+import torch
+import torch.nn as nn
+
+import ckref
+from conftest import read_bytes
+
+OFFSET_RE = re.compile(r"(?i)(offset|at|@|byte|pos(ition)?)\s*[:=]?\s*(0x[0-9a-f]+|\d+)")
+LOG_RE = re.compile(r"^ckptfs: ((?:%s)/[^:]+): (.*)$" % "|".join(ckref.VIEWS))
+OPEN_TIMEOUT = 10           # s a single open+read of a hostile file may take
+RSS_BOUND = 256 << 20       # bytes the daemon may grow by over a batch of bombs
+N_FLIPS = {"zip": 3000, "legacy": 600, "st": 600}
+
+
+# --------------------------------------------------------------------------
+# small checkpoints: each view rewrites something (plain the DDP model,
+# ddp the bare EMA)
+
+def _small_obj():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    return {"model": nn.DataParallel(m).state_dict(), "ema": nn.Linear(2, 1).state_dict(),
+            "epoch": 3}
+
+
+def _torch_bytes(obj, legacy=False):
+    """torch.save's bytes.  Legacy files name storages by memory address
+    (str(storage._cdata)); those names are made the same in every run (by
+    first use, in torch.serialization's own namespace), so that every run
+    truncates and flips the same bytes."""
+    import torch.serialization as ser
+    names = {}
+
+    class det_str(str):     # isinstance(x, str) must still work there
+        def __new__(cls, x=""):
+            if type(x) is int and x > 1 << 20:
+                return names.setdefault(x, str(10 ** 14 + len(names)))
+            return str(x)
+
+    buf = io.BytesIO()
+    if legacy:
+        ser.str = det_str
+    try:
+        torch.save(obj, buf, _use_new_zipfile_serialization=not legacy)
+    finally:
+        if legacy:
+            del ser.str
+    return buf.getvalue()
+
+
+ST_DTYPES = {"F32": 4, "F16": 2, "I64": 8, "U8": 1}
+
+
+def _st_bytes():
+    """A small safetensors file: two DDP-named tensors and one bare one."""
+    tensors = [("module.0.weight", "F32", [2, 3]), ("module.0.bias", "F32", [2]),
+               ("1.weight", "F16", [1, 2])]
+    rnd = random.Random(7)
+    hdr, data = collections.OrderedDict(), b""
+    hdr["__metadata__"] = {"format": "pt"}
+    for name, dt, shape in tensors:
+        n = ST_DTYPES[dt]
+        for d in shape:
+            n *= d
+        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [len(data), len(data) + n]}
+        data += bytes(rnd.randrange(256) for _ in range(n))
+    text = json.dumps(hdr, separators=(",", ":")).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def _st_load(b):
+    """A strict safetensors reader (the rules of the safetensors crate):
+    [(name, dtype, shape, bytes)] in header order and the metadata; raises
+    ValueError on anything invalid."""
+    if len(b) < 8:
+        raise ValueError("short")
+    n = struct.unpack("<Q", b[:8])[0]
+    if n > len(b) - 8:
+        raise ValueError("header past the end")
+    try:
+        hdr = json.loads(b[8:8 + n].decode("utf-8"), object_pairs_hook=collections.OrderedDict)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(str(e))
+    if not isinstance(hdr, dict):
+        raise ValueError("not an object")
+    data = b[8 + n:]
+    meta = hdr.pop("__metadata__", None)
+    out, spans = [], []
+    for name, t in hdr.items():
+        if not isinstance(t, dict) or set(t) != {"dtype", "shape", "data_offsets"}:
+            raise ValueError("bad entry %r" % name)
+        dt, shape, offs = t["dtype"], t["shape"], t["data_offsets"]
+        if dt not in ST_DTYPES or not isinstance(shape, list) or \
+                not all(type(d) is int and d >= 0 for d in shape) or \
+                not isinstance(offs, list) or len(offs) != 2 or \
+                not all(type(o) is int for o in offs):
+            raise ValueError("bad entry %r" % name)
+        nb = ST_DTYPES[dt]
+        for d in shape:
+            nb *= d
+        if offs[1] - offs[0] != nb:
+            raise ValueError("size mismatch %r" % name)
+        spans.append(tuple(offs))
+        out.append((name, dt, shape, data[offs[0]:offs[1]]))
+    pos = 0
+    for s, e in sorted(spans):
+        if s != pos:
+            raise ValueError("hole or overlap at %d" % s)
+        pos = e
+    if pos != len(data):
+        raise ValueError("data does not cover the buffer (%d != %d)" % (pos, len(data)))
+    return out, meta
+
+
+def _zip_damaged(b):
+    """Whether some record of a zip fails to extract or its CRC check."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(b)) as z:
+            return z.testzip() is not None
+    except Exception:
+        return True
+
+
+def _loads(kind, b):
+    if kind == "st":
+        return _st_load(b)
+    return torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
+
+
+def _reference(kind, obj, view):
+    if kind == "st":
+        tensors, meta = obj
+        return [(ckref.view_key(view, n), dt, sh, d) for n, dt, sh, d in tensors], meta
+    return ckref.transform(obj, view)
+
+
+class _StorageStub(pickle.Unpickler):
+    """Unpickles a legacy object pickle alone: each storage is a fresh zeroed
+    one of its type and size, so tensors rebuild without the raw bytes."""
+
+    def persistent_load(self, pid):
+        typename, storage_type, _key, _location, numel = pid[:5]
+        assert typename == "storage"
+        storage = storage_type(numel)
+        storage.fill_(0)                # new storages hold whatever memory held
+        return storage
+
+
+def _legacy_object(b):
+    """(start, end, object) of the object pickle of legacy bytes b."""
+    f = io.BytesIO(b)
+    for _ in range(3):                  # magic, protocol version, sys_info
+        pickle.Unpickler(f).load()
+    start = f.tell()
+    obj = _StorageStub(f).load()
+    return start, f.tell(), obj
+
+
+def _legacy_rewrite_ok(src, got, view):
+    """Whether `got` is src with only its object pickle rewritten: the raw
+    storages after it (which ckptfs never reads, and which a truncation or
+    a flip may have broken) served exactly as the source has them."""
+    try:
+        s0, s1, sobj = _legacy_object(src)
+        g0, g1, gobj = _legacy_object(got)
+    except Exception:
+        return False
+    return (src[:s0] == got[:g0] and src[s1:] == got[g1:]
+            and ckref.same(gobj, ckref.transform(sobj, view)))
+
+
+def _same(kind, a, b):
+    if kind == "st":
+        return a == b
+    return ckref.same(a, b)
+
+
+# --------------------------------------------------------------------------
+# reading and judging
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return "ok", f.read()
+    except OSError as e:
+        return "err", e.errno
+
+
+def _bounded(fn, timeout=OPEN_TIMEOUT):
+    """fn() in a thread; ("hang", None) if it does not return in time (the
+    module's daemon is then killed at teardown, which unblocks it)."""
+    box = []
+    t = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    return box[0] if box else ("hang", None)
+
+
+class Judge:
+    """Collects verdicts; EIOs are checked against the log at the end."""
+
+    def __init__(self, m, strict):
+        self.m = m
+        self.strict = strict
+        self._src_key = None
+        self.cases = 0
+        self.counts = collections.Counter()
+        self.problems = []
+        self.eio = []           # view-relative names that must be in the log
+
+    def judge(self, rel, src_bytes, kind, may_load=True):
+        for view in ckref.VIEWS:
+            self.cases += 1
+            name = "%s/%s" % (view, rel)
+            what, got = _bounded(lambda: _read(self.m.path(view, rel)))
+            if what == "hang":
+                self.problems.append("%s: open+read did not return in %ss" % (name, OPEN_TIMEOUT))
+                self.counts["hang"] += 1
+            elif what == "err":
+                if got == errno.EIO:
+                    self.eio.append(name)
+                    self.counts["eio"] += 1
+                else:
+                    self.problems.append("%s: %s instead of EIO" % (name, errno.errorcode.get(got, got)))
+            elif got == src_bytes:
+                self.counts["unchanged"] += 1
+            elif not may_load:
+                self.problems.append("%s: served %d bytes that differ from the source (%d)"
+                                     % (name, len(got), len(src_bytes)))
+            else:
+                self._rewritten(name, view, src_bytes, got, kind)
+
+    def _source(self, kind, src_bytes):
+        if self._src_key != src_bytes:
+            self._src_key = src_bytes
+            try:
+                self._src_obj = ("ok", _loads(kind, src_bytes))
+            except Exception as e:
+                self._src_obj = ("err", e)
+        what, obj = self._src_obj
+        if what == "err":
+            raise obj
+        return obj
+
+    def _rewritten(self, name, view, src_bytes, got, kind):
+        try:
+            ref = _reference(kind, self._source(kind, src_bytes), view)
+        except ckref.KeyCollision:
+            self.problems.append("%s: served a rewrite where keys collide (must be EIO)" % name)
+            return
+        except Exception as e:
+            if kind == "legacy" and _legacy_rewrite_ok(src_bytes, got, view):
+                self.counts["object pickle rewritten, storages as the source has them"] += 1
+                return
+            if self.strict:
+                self.problems.append("%s: the source does not load (%s: %s) but the view differs "
+                                     "from it (%d vs %d bytes)"
+                                     % (name, type(e).__name__, str(e)[:80], len(got),
+                                        len(src_bytes)))
+                return
+            try:
+                _loads(kind, got)
+            except Exception as e2:
+                if type(e2) is type(e):
+                    self.counts["rewritten, fails to load like its source"] += 1
+                    return
+                self.problems.append("%s: the source fails to load with %s: %s, its view with "
+                                     "%s: %s" % (name, type(e).__name__, str(e)[:60],
+                                                 type(e2).__name__, str(e2)[:60]))
+                return
+            self.problems.append("%s: the source does not load (%s: %s) but its view does"
+                                 % (name, type(e).__name__, str(e)[:80]))
+            return
+        try:
+            obj = _loads(kind, got)
+        except Exception as e:
+            self.problems.append("%s: the source loads, its view does not: %s: %s"
+                                 % (name, type(e).__name__, str(e)[:100]))
+            return
+        if _same(kind, obj, ref):
+            self.counts["rewritten"] += 1
+        elif kind == "zip" and _zip_damaged(src_bytes):
+            # e.g. a stored tensor record whose central directory entry says
+            # deflate: torch (no CRC checks) inflates garbage into memory it
+            # never initialized, a different value at each load, so the
+            # source has no defined value to compare with
+            self.counts["undefined: a record of the source fails its CRC"] += 1
+        else:
+            self.problems.append("%s: the view loads to something else than the reference" % name)
+
+    def finish(self, what):
+        # every EIO has a log line naming the file with an offset
+        deadline = time.monotonic() + 3
+        while True:
+            logged = {}
+            for line in self.m.log().splitlines():
+                mt = LOG_RE.match(line)
+                if mt:
+                    logged.setdefault(mt.group(1), []).append(mt.group(2))
+            missing = [n for n in self.eio
+                       if not any(OFFSET_RE.search(r) for r in logged.get(n, []))]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        for n in missing[:20]:
+            self.problems.append("%s: EIO without a log line naming it with an offset %r"
+                                 % (n, logged.get(n, [])[:2]))
+        print("# %s: %d cases (%s)" % (what, self.cases, ", ".join(
+            "%s %d" % kv for kv in sorted(self.counts.items()))))
+        kinds = collections.Counter(
+            re.sub(r"\d+", "N", p.split(": ", 1)[1])[:110] for p in self.problems)
+        assert not self.problems, "%d problems; by kind:\n%s\nfirst 25:\n%s" % (
+            len(self.problems), "\n".join("  %5d x %s" % (n, k) for k, n in kinds.most_common()),
+            "\n".join(self.problems[:25]))
+
+
+def _assert_alive(env):
+    m, src = env["m"], env["src"]
+    assert m.proc.poll() is None, "daemon died:\n" + m.log()[-3000:]
+    assert os.path.isdir(m.path("plain"))
+    for rel, kind in (("intact/small.pt", "zip"), ("intact/small_legacy.pt", "legacy")):
+        want = ckref.load(os.path.join(src, rel))
+        for view in ckref.VIEWS:
+            ckref.assert_same(ckref.load(m.path(view, rel)), ckref.transform(want, view))
+    want = _st_load(read_bytes(os.path.join(src, "intact/small.safetensors")))
+    for view in ckref.VIEWS:
+        assert _st_load(read_bytes(m.path(view, "intact/small.safetensors"))) == \
+            _reference("st", want, view)
+
+
+# --------------------------------------------------------------------------
+# hand-made zips
+
+def _zip(entries, cd_only=(), eocd_entries=None, comment=b""):
+    """A zip written field by field.  entries: dicts with name, data (the
+    bytes stored), and optional method, crc, csize, usize (as recorded),
+    lho (the local header offset the central directory records).
+    cd_only: extra central-directory-only entries (same keys, lho required)."""
+    out = bytearray()
+    cds = []
+    for e in entries:
+        name = e["name"].encode()
+        data = e["data"]
+        crc = e.get("crc", zlib.crc32(e.get("plain", data)) & 0xffffffff)
+        csize = e.get("csize", len(data))
+        usize = e.get("usize", len(e.get("plain", data)))
+        method = e.get("method", 0)
+        lho = len(out)
+        out += struct.pack("<IHHHHHIIIHH", 0x04034b50, 20, 0, method, 0, 0x21, crc,
+                           csize, usize, len(name), 0) + name + data
+        cds.append((name, method, crc, csize, usize, e.get("lho", lho)))
+    for e in cd_only:
+        cds.append((e["name"].encode(), e.get("method", 0), e.get("crc", 0), e.get("csize", 0),
+                    e.get("usize", 0), e["lho"]))
+    cd_off = len(out)
+    for name, method, crc, csize, usize, lho in cds:
+        out += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014b50, 20, 20, 0, method, 0, 0x21, crc,
+                           csize, usize, len(name), 0, 0, 0, 0, 0, lho) + name
+    cd_size = len(out) - cd_off
+    n = len(cds) if eocd_entries is None else eocd_entries
+    out += struct.pack("<IHHHHIIH", 0x06054b50, 0, 0, n, n, cd_size, cd_off, len(comment)) + comment
+    return bytes(out)
+
+
+def _deflate(data):
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush()
+
+
+def _pkl_zip(pkl):
+    """A torch zip around a pickle, built with zipfile as a user would."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/version", b"3\n")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------
+# hostile pickles: never executed, never loaded by the test
+
+def _u(s):
+    s = s.encode()
+    return b"X" + struct.pack("<I", len(s)) + s
+
+
+def _hostile_pickles(pwned):
+    cmd = "touch %s" % pwned
+    P2, P4 = b"\x80\x02", b"\x80\x04"
+    n5, n6 = 10 ** 5, 10 ** 6
+    laughs = b"".join(b"(" + b"h\x00" * 10 + b"lq\x00" for _ in range(40))
+    return {
+        # code execution, every way a pickle can call something
+        "reduce_os_system": P2 + b"cos\nsystem\n" + _u(cmd) + b"\x85R.",
+        "reduce_posix_system": b"cposix\nsystem\n(" + _u(cmd) + b"tR.",
+        "stack_global_system": P4 + b"\x8c\x02os\x8c\x06system\x93" + _u(cmd) + b"\x85R.",
+        "inst_system": b"(" + _u(cmd) + b"ios\nsystem\n.",
+        "obj_system": P2 + b"(cos\nsystem\n" + _u(cmd) + b"o.",
+        "eval_builtin": P2 + b"cbuiltins\neval\n" +
+        _u("__import__('os').system(%r)" % cmd) + b"\x85R.",
+        "build_setstate": P2 + b"ccollections\nOrderedDict\n)R}" +
+        _u("__setstate__") + b"cos\nsystem\nsb" + _u(cmd) + b"b.",
+        # a dict that looks like a state dict, with a call as its value
+        "state_dict_value_system": P2 + b"}(" + _u("module.w") + b"cos\nsystem\n" + _u(cmd) +
+        b"\x85Ru.",
+        "persid_system": P2 + _u(cmd) + b"Q.",
+        # resource attacks
+        "nested_lists_1e5": P2 + b"]" * n5 + b"a" * (n5 - 1) + b".",
+        "nested_mark_lists_1e5": P2 + b"(" * n5 + b"l" * n5 + b".",
+        "nested_dicts_1e5": P2 + (b"}" + _u("k")) * n5 + b"}" + b"s" * n5 + b".",
+        "nested_tuples_1e6": P2 + b"(" * n6 + b"t" * n6 + b".",
+        "marks_1e6": P2 + b"(" * n6 + b"N.",
+        "marks_1e6_then_dict": P2 + b"(" * n6 + b"}" + _u("module.w") + b"Ns.",
+        "billion_laughs": P2 + b"]q\x00" + laughs + b".",
+        "huge_binunicode": P2 + b"X\xff\xff\xff\x7fabc.",
+        "huge_binbytes": P4 + b"B\xff\xff\xff\x7fabc.",
+        "huge_binunicode8": P4 + b"\x8d" + struct.pack("<Q", 1 << 62) + b"abc.",
+        "huge_long4": P2 + b"\x8b\xff\xff\xff\x7f\x00.",
+        "huge_frame": P4 + b"\x95" + struct.pack("<Q", 1 << 62) + b"N.",
+        "memo_get_out_of_range": P2 + b"]q\x00h\x05.",
+        "memo_long_get_huge": P2 + b"]q\x00j\xff\xff\xff\xff.",
+        "memo_put_huge_index": P2 + b"]r\xff\xff\xff\x7fh\x00.",
+        "memo_put_then_get_huge": P2 + b"]r\xfe\xff\xff\xffj\xfe\xff\xff\xff.",
+        "underflow_append": P2 + b"a.",
+        "underflow_setitem": P2 + b"}s.",
+        "underflow_tuple3": P2 + b"N\x87.",
+        "underflow_reduce": P2 + b"R.",
+        "underflow_build": P2 + b"b.",
+        "underflow_pop": P2 + b"0.",
+        "underflow_pop_mark": P2 + b"1.",
+        "underflow_appends": P2 + b"]e.",
+        "underflow_stop": P2 + b".",
+        "unknown_opcode": P2 + b"\xff.",
+        "no_stop": P2 + b"}" * 100,
+        "empty_pickle": b"",
+    }
+
+
+# --------------------------------------------------------------------------
+# zip bombs and lying archives (the pickle is a small valid state dict)
+
+def _bombs():
+    pkl = _torch_pickle()
+    big = _deflate(b"\0" * (100 << 20))           # ~100 KiB expanding to 100 MiB
+    version = {"name": "archive/version", "data": b"3\n"}
+
+    def z(**pk):
+        e = {"name": "archive/data.pkl", "data": pkl}
+        e.update(pk)
+        return _zip([e, version])
+
+    out = {
+        "cd_sizes_past_eof": z(csize=0x7fff0000, usize=0x7fff0000),
+        "cd_csize_past_eof": z(csize=0x10000000),
+        "lho_past_eof": z(lho=1 << 30),
+        "lho_just_past_eof": None,              # filled in below
+        "inflate_declared_10_expands_100m": z(data=big, method=8, plain=b"", usize=10,
+                                              crc=0),
+        "inflate_declared_2g": z(data=big, method=8, usize=2 << 30, crc=0),
+        "inflate_declared_4g_minus_1": z(data=big, method=8, usize=0xfffffffe, crc=0),
+        "inflate_declared_900m_expands_100m": z(data=big, method=8, usize=900 << 20, crc=0),
+        "stored_sizes_differ": z(usize=len(pkl) * 1000),
+        "eocd_claims_65535_entries": _zip([{"name": "archive/data.pkl", "data": pkl}, version],
+                                          eocd_entries=0xffff),
+        "overlap_same_lho": _zip([{"name": "archive/data.pkl", "data": pkl}, version],
+                                 cd_only=[{"name": "archive/data/0", "lho": 0,
+                                           "csize": len(pkl), "usize": len(pkl)}]),
+        "overlap_two_data_pkl": _zip([{"name": "archive/data.pkl", "data": pkl}, version],
+                                     cd_only=[{"name": "archive/data.pkl", "lho": 0,
+                                               "csize": len(pkl), "usize": len(pkl)}]),
+        "overlap_inside_data_pkl": _zip([{"name": "archive/data.pkl", "data": pkl}, version],
+                                        cd_only=[{"name": "archive/data/0", "lho": 40,
+                                                  "csize": 8, "usize": 8}]),
+    }
+    good = z()
+    out["lho_just_past_eof"] = z(lho=len(good) + 1)
+    return out
+
+
+def _refused_by_torch():
+    """Archives torch refuses although their central directory walks fine:
+    the daemon must not hand out a view torch accepts (its regenerated
+    headers would silently repair them)."""
+    raw = _torch_bytes(nn.DataParallel(nn.Linear(2, 2)).state_dict())
+    e64 = len(raw) - 22 - 20 - 56
+    assert struct.unpack("<I", raw[e64:e64 + 4])[0] == 0x06064b50
+    cd = raw.index(b"PK\x01\x02")
+    out = {}
+    z = bytearray(raw)
+    z[e64 + 24] ^= 1                    # zip64 end record: entries on this disk
+    out["eocd64_entries_on_disk"] = bytes(z)
+    z = bytearray(raw)
+    z[e64 + 16] = 1                     # zip64 end record: number of this disk
+    out["eocd64_disk_number"] = bytes(z)
+    z = bytearray(raw)
+    z[cd + 8] |= 1                      # data.pkl's entry: encrypted
+    out["data_pkl_encrypted"] = bytes(z)
+    for name, b in out.items():
+        with pytest.raises(RuntimeError):
+            torch.load(io.BytesIO(b), map_location="cpu", weights_only=False)
+    return out
+
+
+def _torch_pickle():
+    raw = _torch_bytes({"module.w": torch.zeros(2)})
+    zf = zipfile.ZipFile(io.BytesIO(raw))
+    return zf.read([n for n in zf.namelist() if n.endswith("/data.pkl")][0])
+
+
+# --------------------------------------------------------------------------
+# the source tree, one mount
+
+def _flip(b, rnd):
+    b = bytearray(b)
+    nbits = rnd.choice((1, 1, 1, 2, 3, 8))
+    for _ in range(nbits):
+        i = rnd.randrange(len(b) * 8)
+        b[i // 8] ^= 1 << (i % 8)
+    return bytes(b)
+
+
+@pytest.fixture(scope="module")
+def env(module_src, mount_module, tmp_path_factory):
+    src = module_src
+    pwned = str(tmp_path_factory.mktemp("pwn") / "pwned")
+    small = {"zip": _torch_bytes(_small_obj()), "legacy": _torch_bytes(_small_obj(), legacy=True),
+             "st": _st_bytes()}
+    ext = {"zip": ".pt", "legacy": ".pt", "st": ".safetensors"}
+    files = {}                  # rel -> (bytes, kind, may_load)
+
+    def put(rel, data, kind, may_load=True):
+        p = os.path.join(src, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(data)
+        files[rel] = (data, kind, may_load)
+
+    put("intact/small.pt", small["zip"], "zip")
+    put("intact/small_legacy.pt", small["legacy"], "legacy")
+    put("intact/small.safetensors", small["st"], "st")
+    for kind, b in small.items():
+        for k in range(len(b)):
+            put("trunc/%s_%05d%s" % (kind, k, ext[kind]), b[:k], kind)
+    for kind, b in small.items():
+        rnd = random.Random("20240404-" + kind)
+        for i in range(N_FLIPS[kind]):
+            put("flips/%s_%05d%s" % (kind, i, ext[kind]), _flip(b, rnd), kind)
+    for name, pkl in _hostile_pickles(pwned).items():
+        put("hostile/%s.pt" % name, _pkl_zip(pkl), "zip", may_load=False)
+    for name, data in _bombs().items():
+        put("bombs/%s.pt" % name, data, "zip", may_load=False)
+    for name, data in _refused_by_torch().items():
+        put("refused/%s.pt" % name, data, "zip", may_load=False)
+    m = mount_module(src)
+    yield {"m": m, "src": src, "files": files, "small": small, "pwned": pwned}
+
+
+def _run(env, prefix, what, strict=True):
+    m = env["m"]
+    j = Judge(m, strict)
+    for rel in sorted(env["files"]):
+        if rel.startswith(prefix):
+            data, kind, may_load = env["files"][rel]
+            j.judge(rel, data, kind, may_load)
+    j.finish(what)
+    return j
+
+
+# --------------------------------------------------------------------------
+# tests
+
+def test_intact_small_files_are_rewritten(env):
+    """The oracle is not vacuous: each small file's views differ from it."""
+    m = env["m"]
+    for rel in ("intact/small.pt", "intact/small_legacy.pt", "intact/small.safetensors"):
+        for view in ckref.VIEWS:
+            assert read_bytes(m.path(view, rel)) != read_bytes(os.path.join(env["src"], rel)), \
+                (view, rel)
+    _assert_alive(env)
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "st"])
+def test_every_truncation(env, kind):
+    j = _run(env, "trunc/%s_" % kind, "truncations of the %d-byte %s file"
+             % (len(env["small"][kind]), kind))
+    assert j.cases == 2 * len(env["small"][kind])
+    _assert_alive(env)
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "st"])
+def test_bit_flips(env, kind):
+    j = _run(env, "flips/%s_" % kind, "%d bit-flipped copies of the %s file"
+             % (N_FLIPS[kind], kind), strict=False)
+    assert j.cases == 2 * N_FLIPS[kind]
+    _assert_alive(env)
+
+
+def test_hostile_pickles_never_run(env):
+    m = env["m"]
+    rss0 = _rss(m.proc.pid)
+    _run(env, "hostile/", "hostile pickles")
+    assert not os.path.exists(env["pwned"]), "a pickle was executed"
+    # no bound asserted: the scanner's memory is O(pickle) by design (see
+    # the report of issue #4 for the constant); printed for the record
+    print("# daemon RSS grew by %d MiB over the hostile pickles" % ((_rss(m.proc.pid) - rss0) >> 20))
+    _assert_alive(env)
+
+
+def test_zip_bombs(env):
+    m = env["m"]
+    rss0 = _rss(m.proc.pid)
+    j = _run(env, "bombs/", "zip bombs")
+    # every one of them is a lie the daemon must notice
+    assert j.counts["eio"] == j.cases, j.counts
+    grown = _rss(m.proc.pid) - rss0
+    print("# daemon RSS grew by %d KiB over the bombs" % (grown >> 10))
+    assert grown < RSS_BOUND, "daemon RSS grew by %d MiB" % (grown >> 20)
+    _assert_alive(env)
+
+
+def test_archives_torch_refuses_are_not_repaired(env):
+    """Fields the relayout regenerates (zip64 end record, the flags of
+    data.pkl's entry) still have to be checked: EIO or the source as it is."""
+    _run(env, "refused/", "archives torch refuses")
+    _assert_alive(env)
+
+
+def _rss(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) << 10
+    raise AssertionError("no VmRSS for %d" % pid)
