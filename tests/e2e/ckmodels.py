@@ -165,3 +165,36 @@ def odict(items, metadata=None):
     if metadata is not None:
         d._metadata = collections.OrderedDict(metadata)
     return d
+
+
+# --------------------------------------------------------------------------
+# wrappers that put other prefixes before the model's keys
+
+class Compiled(nn.Module):
+    """Stands for torch.compile's OptimizedModule (not in torch 1.13): the
+    model is the attribute `_orig_mod`, so keys get "_orig_mod." and the
+    metadata '', '_orig_mod', '_orig_mod.0', ..."""
+
+    def __init__(self, mod):
+        super().__init__()
+        self._orig_mod = mod
+
+    def forward(self, *a):
+        return self._orig_mod(*a)
+
+
+class Lit(nn.Module):
+    """A LightningModule holding its network as `model`."""
+
+    def __init__(self, mod):
+        super().__init__()
+        self.model = mod
+
+
+class Peft(nn.Module):
+    """A PeftModel: `base_model` (LoraModel) holds the network as `model`."""
+
+    def __init__(self, mod):
+        super().__init__()
+        self.base_model = nn.Module()
+        self.base_model.model = mod

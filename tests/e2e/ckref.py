@@ -36,8 +36,10 @@ Rules (issue #2, with the lead's refinements in src/pickle.c marked *):
 """
 
 import collections
+import io
 import math
 import pickle
+import pickletools
 import re
 
 import torch
@@ -579,3 +581,14 @@ def load_stub(path):
         return torch.load(path, map_location="cpu")
     finally:
         ser.pickle = saved
+
+
+def pickle_ends(raw, count):
+    """End offsets of the first `count` pickles of a legacy file."""
+    f, ends = io.BytesIO(raw), []
+    for _ in range(count):
+        for op, _, _ in pickletools.genops(f):
+            if op.name == "STOP":
+                break
+        ends.append(f.tell())
+    return ends

@@ -132,19 +132,6 @@ def test_corpus_torchscript_byte_identical(env, name, view):
     assert sha256(m.path(view, name)) == sha256(os.path.join(CORPUS, name))
 
 
-def _pickle_ends(raw, count):
-    """End offsets of the first `count` pickles of a legacy file."""
-    import io
-    import pickletools
-    f, ends = io.BytesIO(raw), []
-    for _ in range(count):
-        for op, _, _ in pickletools.genops(f):
-            if op.name == "STOP":
-                break
-        ends.append(f.tell())
-    return ends
-
-
 @pytest.mark.parametrize("name,view", _pairs(LEGACY), ids=_ids(_pairs(LEGACY)))
 def test_corpus_legacy_view_equals_reference(env, name, view):
     m, source = env
@@ -163,7 +150,7 @@ def test_corpus_legacy_layout(env, name, view):
     if not ckref.changes(source(name), view):
         assert got == src
         return
-    se, ge = _pickle_ends(src, 4), _pickle_ends(got, 4)
+    se, ge = ckref.pickle_ends(src, 4), ckref.pickle_ends(got, 4)
     assert got[:ge[2]] == src[:se[2]], "pickles #1-#3 differ"
     assert got[ge[3]:] == src[se[3]:], "storage keys or raw storages differ"
     assert got[ge[2]:ge[3]] != src[se[2]:se[3]]

@@ -46,36 +46,6 @@ def _dp(m):
     return nn.DataParallel(m).state_dict()
 
 
-class Compiled(nn.Module):
-    """torch.compile's OptimizedModule as far as state dicts go: the model is
-    the attribute `_orig_mod` (keys `_orig_mod.*`, metadata '', '_orig_mod',
-    '_orig_mod.0', ...)."""
-
-    def __init__(self, mod):
-        super().__init__()
-        self._orig_mod = mod
-
-    def forward(self, *a):
-        return self._orig_mod(*a)
-
-
-class Lit(nn.Module):
-    """A LightningModule holding its network as `model`."""
-
-    def __init__(self, mod):
-        super().__init__()
-        self.model = mod
-
-
-class Peft(nn.Module):
-    """A PeftModel: `base_model` holds the network as `model`."""
-
-    def __init__(self, mod):
-        super().__init__()
-        self.base_model = nn.Module()
-        self.base_model.model = mod
-
-
 def _save(obj, path, **kw):
     torch.save(obj, path + ".tmp", **kw)
     os.rename(path + ".tmp", path)
@@ -99,9 +69,9 @@ def _orig_model():
 
 
 ORIG_WRAPS = {
-    "compiled": lambda m: Compiled(m),
-    "dp_of_compiled": lambda m: nn.DataParallel(Compiled(m)),
-    "compiled_of_dp": lambda m: Compiled(nn.DataParallel(m)),
+    "compiled": lambda m: ckmodels.Compiled(m),
+    "dp_of_compiled": lambda m: nn.DataParallel(ckmodels.Compiled(m)),
+    "compiled_of_dp": lambda m: ckmodels.Compiled(nn.DataParallel(m)),
 }
 
 T = torch.arange(6, dtype=torch.float32).reshape(2, 3)
@@ -111,7 +81,7 @@ LEGACY_FILES = {
     "legacy_dp.pt": _legacy(lambda: _dp(ckmodels.make_model(0))),
     "legacy_training.pt": _legacy(ckmodels.training_checkpoint),
     "legacy_plain.pt": _legacy(lambda: ckmodels.make_model(1).state_dict()),
-    "legacy_compiled_of_dp.pt": _legacy(lambda: Compiled(nn.DataParallel(_orig_model())).state_dict()),
+    "legacy_compiled_of_dp.pt": _legacy(lambda: ckmodels.Compiled(nn.DataParallel(_orig_model())).state_dict()),
     "legacy_shared_strings.pt": _legacy(ckmodels.shared_strings_checkpoint),
     # torch.save(..., _use_new_zipfile_serialization=False, pickle_protocol=N):
     # all five pickles in protocol N (FORMATS.md §3.3: detect by opcodes)
@@ -126,7 +96,7 @@ PROTO_FILES = {
     "p4_big.pt": (4, lambda: _dp(ckmodels.big_model(600))),       # 1200 keys
     "p5_big.pt": (5, lambda: _dp(ckmodels.big_model(600))),
     "p5_training.pt": (5, ckmodels.training_checkpoint),
-    "p4_compiled_of_dp.pt": (4, lambda: Compiled(nn.DataParallel(_orig_model())).state_dict()),
+    "p4_compiled_of_dp.pt": (4, lambda: ckmodels.Compiled(nn.DataParallel(_orig_model())).state_dict()),
 }
 ORIG_FILES = {"%s.pt" % k: _zip(lambda w=w: w(_orig_model()).state_dict())
               for k, w in ORIG_WRAPS.items()}
@@ -289,17 +259,6 @@ def _ids(pairs):
     return ["%s-%s" % (v, n) for n, v in pairs]
 
 
-def _pickle_ends(raw, count):
-    """End offsets of the first `count` pickles of a legacy file."""
-    f, ends = io.BytesIO(raw), []
-    for _ in range(count):
-        for op, _, _ in pickletools.genops(f):
-            if op.name == "STOP":
-                break
-        ends.append(f.tell())
-    return ends
-
-
 def _data_pkl(path):
     with zipfile.ZipFile(path) as z:
         name = [n for n in z.namelist() if n.endswith("/data.pkl")][0]
@@ -330,7 +289,7 @@ def test_legacy_only_object_pickle_changes(env, name, view):
     if not ckref.changes(source(name), view):
         assert a == b
         return
-    ea, eb = _pickle_ends(a, 4), _pickle_ends(b, 4)
+    ea, eb = ckref.pickle_ends(a, 4), ckref.pickle_ends(b, 4)
     assert b[:eb[2]] == a[:ea[2]], "magic, protocol version or sys_info differ"
     assert b[eb[3]:] == a[ea[3]:], "storage keys or raw storages differ"
     assert b[eb[2]:eb[3]] != a[ea[2]:ea[3]]
@@ -993,7 +952,7 @@ def _lightning():
     torch.manual_seed(40)
     m = ckmodels.make_model(40)
     opt = ckmodels.train_step(m)
-    lit = Lit(m)
+    lit = ckmodels.Lit(m)
     return {
         "epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.0",
         "state_dict": lit.state_dict(),
@@ -1010,7 +969,7 @@ def _lightning():
 
 
 def _peft_bin():
-    sd = Peft(ckmodels.make_model(41)).state_dict()
+    sd = ckmodels.Peft(ckmodels.make_model(41)).state_dict()
     return {k: v for k, v in sd.items()}
 
 
@@ -1018,7 +977,7 @@ CUSTOM_WRITERS = {
     "lightning.ckpt": _zip(_lightning),
     "lightning_legacy.ckpt": _legacy(_lightning),
     "adapter_model.bin": _zip(_peft_bin),
-    "peft_model.pt": _zip(lambda: Peft(ckmodels.make_model(41)).state_dict()),
+    "peft_model.pt": _zip(lambda: ckmodels.Peft(ckmodels.make_model(41)).state_dict()),
     "dp.pt": _zip(lambda: _dp(ckmodels.make_model(42))),
     "collide_model.pt": _zip(lambda: {"model.w": T.clone(), "w": T.clone() + 1}),
     "adapter_model.safetensors": lambda p: _st_write(
@@ -1106,8 +1065,8 @@ def test_custom_add_prefix(custom_env):
     m, _, _ = custom_env
     model = ckmodels.make_model(42)
     got = ckref.load(m.path("tolit", "dp.pt"), weights_only=True)
-    ckref.assert_same(got, Lit(model).state_dict())                 # incl. ('', ...) first
-    Lit(ckmodels.make_model(94)).load_state_dict(got, strict=True)
+    ckref.assert_same(got, ckmodels.Lit(model).state_dict())                 # incl. ('', ...) first
+    ckmodels.Lit(ckmodels.make_model(94)).load_state_dict(got, strict=True)
 
 
 def test_custom_views_leave_other_prefixes(custom_env):

@@ -238,42 +238,13 @@ def test_cmp_lists_and_objects():
 
 # -- _orig_mod. (torch.compile) and custom views (issue #3) --------------------
 
-class Compiled(nn.Module):
-    """Stands for torch.compile's OptimizedModule (not in torch 1.13): the
-    model is the attribute `_orig_mod`, so keys get "_orig_mod."."""
-
-    def __init__(self, mod):
-        super().__init__()
-        self._orig_mod = mod
-
-    def forward(self, *a):
-        return self._orig_mod(*a)
-
-
-class Lit(nn.Module):
-    """A LightningModule holding its network as `model`."""
-
-    def __init__(self, mod):
-        super().__init__()
-        self.model = mod
-
-
-class Peft(nn.Module):
-    """PeftModel: `base_model` (LoraModel) holds the network as `model`."""
-
-    def __init__(self, mod):
-        super().__init__()
-        self.base_model = nn.Module()
-        self.base_model.model = mod
-
-
 BARE = ckref.custom_view("bare", "model.")
 PEFT = ckref.custom_view("peft", "base_model.model.")
 
 
 def test_ref_orig_mod_metadata_shape():
     m = ckmodels.make_model(10)
-    sd = Compiled(m).state_dict()
+    sd = ckmodels.Compiled(m).state_dict()
     assert list(sd)[0] == "_orig_mod.0.weight"
     assert list(sd._metadata)[:3] == ["", "_orig_mod", "_orig_mod.0"]
 
@@ -282,10 +253,10 @@ def test_ref_orig_mod_metadata_shape():
                                   "compiled_compiled_dp"])
 def test_ref_orig_mod_wrappers(wrap):
     m = ckmodels.make_model(11)
-    w = {"compiled": lambda: Compiled(m),
-         "dp_of_compiled": lambda: nn.DataParallel(Compiled(m)),
-         "compiled_of_dp": lambda: Compiled(nn.DataParallel(m)),
-         "compiled_compiled_dp": lambda: Compiled(Compiled(nn.DataParallel(m)))}[wrap]()
+    w = {"compiled": lambda: ckmodels.Compiled(m),
+         "dp_of_compiled": lambda: nn.DataParallel(ckmodels.Compiled(m)),
+         "compiled_of_dp": lambda: ckmodels.Compiled(nn.DataParallel(m)),
+         "compiled_compiled_dp": lambda: ckmodels.Compiled(ckmodels.Compiled(nn.DataParallel(m)))}[wrap]()
     sd = w.state_dict()
     assert_same(transform(sd, "plain"), m.state_dict())
     assert_same(transform(sd, "ddp"), nn.DataParallel(m).state_dict())
@@ -296,7 +267,7 @@ def test_ref_orig_mod_wrappers(wrap):
 def test_ref_builtin_views_are_views():
     assert ckref.view_of("plain") == ckref.View("plain", ("module.", "_orig_mod."), None)
     assert ckref.view_of("ddp") == ckref.View("ddp", ("module.", "_orig_mod."), "module.")
-    sd = nn.DataParallel(Compiled(ckmodels.make_model(13))).state_dict()
+    sd = nn.DataParallel(ckmodels.Compiled(ckmodels.make_model(13))).state_dict()
     for name in ckref.VIEWS:
         assert_same(transform(sd, ckref.view_of(name)), transform(sd, name))
     # the same rules spelled as a custom view give the same result
@@ -330,7 +301,7 @@ def test_ref_parse_view_rejects(spec):
 
 def test_ref_custom_strip_lightning():
     m = ckmodels.make_model(14)
-    sd = Lit(m).state_dict()
+    sd = ckmodels.Lit(m).state_dict()
     assert list(sd)[0] == "model.0.weight"
     assert_same(transform(sd, BARE), m.state_dict())
     ck = {"state_dict": sd, "epoch": 3,
@@ -356,7 +327,7 @@ def test_ref_custom_view_strips_only_listed():
 
 def test_ref_custom_add():
     m = ckmodels.make_model(15)
-    lit = Lit(m)
+    lit = ckmodels.Lit(m)
     v = ckref.custom_view("lit", ("module.", "model."), "model.")   # DP(m) -> Lightning
     assert_same(transform(nn.DataParallel(m).state_dict(), v), lit.state_dict())
     assert not ckref.changes(lit.state_dict(), v)          # already in form
@@ -372,7 +343,7 @@ def test_ref_custom_add():
 
 def test_ref_custom_peft_keys_and_metadata():
     m = ckmodels.make_model(16)
-    sd = Peft(m).state_dict()
+    sd = ckmodels.Peft(m).state_dict()
     md = list(sd._metadata.items())
     assert [k for k, _ in md][:4] == ["", "base_model", "base_model.model", "base_model.model.0"]
     out = transform(sd, PEFT)
