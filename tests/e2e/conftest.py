@@ -223,6 +223,14 @@ def _mount_fixture(src, mnt, log, opts=()):
             pytest.fail("teardown of %s: %s\n%s" % (mnt, "; ".join(problems), m.log()))
 
 
+def _stop_all(mounts):
+    problems = []
+    for m in mounts:
+        problems += m.stop()
+    if problems:
+        pytest.fail("mount teardown: " + "; ".join(problems))
+
+
 @pytest.fixture
 def mount_factory(tmp_path):
     """mount_factory(src, opts=()) -> started Mount; all stopped at teardown."""
@@ -235,11 +243,7 @@ def mount_factory(tmp_path):
         return m.start()
 
     yield make
-    problems = []
-    for m in made:
-        problems += m.stop()
-    if problems:
-        pytest.fail("mount teardown: " + "; ".join(problems))
+    _stop_all(made)
 
 
 @pytest.fixture(scope="module")
@@ -259,11 +263,7 @@ def mount_module(request, tmp_path_factory):
         return m.start()
 
     yield make
-    problems = []
-    for m in made:
-        problems += m.stop()
-    if problems:
-        pytest.fail("mount teardown: " + "; ".join(problems))
+    _stop_all(made)
 
 
 # --------------------------------------------------------------------------
