@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
+#include <utlist.h>
 #include "cache.h"
 #include "log.h"
 #include "nodes.h"
@@ -33,6 +35,10 @@ struct ck_fs {
 	struct ck_cache *cache;
 	const struct ck_view *const *views; /* one top-level directory each */
 	size_t nviews;
+	/* Files the kernel holds open: unmounting sends no release for them,
+	 * so the daemon closes what is left when it ends. */
+	pthread_mutex_t open_lock;
+	struct open_file *open_files;
 };
 
 /* A regular source file open for reading, with its built view held. */
@@ -48,6 +54,7 @@ struct open_file {
 	struct source_file src;
 	char name[VIEW_PATH_MAX];
 	atomic_flag told_changed;
+	struct open_file *prev, *next; /* in fs->open_files */
 };
 
 /* An open source directory; readdir continues where the last call ended. */
@@ -75,6 +82,7 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 	}
 	fs->views = views;
 	fs->nviews = nviews;
+	pthread_mutex_init(&fs->open_lock, NULL);
 	fs->nodes = ck_nodes_new(root_fd, (unsigned)nviews);
 	if (!fs->nodes) {
 		ck_err_set(e, errno, "%s", strerror(errno));
@@ -85,10 +93,18 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 	return fs;
 }
 
+static void close_view_file(struct ck_fs *fs, struct open_file *of);
+
 void ck_fs_free(struct ck_fs *fs)
 {
 	if (!fs)
 		return;
+	while (fs->open_files) {
+		struct open_file *of = fs->open_files;
+		DL_DELETE(fs->open_files, of);
+		close_view_file(fs, of);
+	}
+	pthread_mutex_destroy(&fs->open_lock);
 	ck_nodes_free(fs->nodes);
 	ck_cache_free(fs->cache);
 	free(fs);
@@ -350,6 +366,14 @@ static void close_view_file(struct ck_fs *fs, struct open_file *of)
 	free(of);
 }
 
+static void release_view_file(struct ck_fs *fs, struct open_file *of)
+{
+	pthread_mutex_lock(&fs->open_lock);
+	DL_DELETE(fs->open_files, of);
+	pthread_mutex_unlock(&fs->open_lock);
+	close_view_file(fs, of);
+}
+
 static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out, bool *keep_cache)
 {
 	const struct ck_cache_key *key;
@@ -406,13 +430,16 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	fi->fh = (uintptr_t)of;
 	fi->keep_cache = keep_cache;
+	pthread_mutex_lock(&fs->open_lock);
+	DL_APPEND(fs->open_files, of);
+	pthread_mutex_unlock(&fs->open_lock);
 	if (fuse_reply_open(req, fi)) /* interrupted: no release will come */
-		close_view_file(fs, of);
+		release_view_file(fs, of);
 }
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	close_view_file(fs_of(req), (struct open_file *)(uintptr_t)fi->fh);
+	release_view_file(fs_of(req), (struct open_file *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 
