@@ -333,6 +333,8 @@ static int cmd_mount(int argc, char **argv)
 	fuse_session_unmount(se);
 	fuse_session_destroy(se);
 	ck_fs_free(fs);
+	for (size_t i = 0; i < MAX_VIEWS; i++)
+		ck_view_clear(&a.custom[i]);
 	/* A signal (SIGTERM, ^C) is the ordinary way to stop: rc is its number. */
 	return rc < 0 ? EXIT_RUNTIME : 0;
 }

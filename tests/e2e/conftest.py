@@ -226,9 +226,11 @@ def _mount_fixture(src, mnt, log, opts=()):
 def _stop_all(mounts):
     problems = []
     for m in mounts:
-        problems += m.stop()
+        seen = m.stop()
+        if seen:
+            problems.append("%s\n%s" % ("; ".join(seen), m.log()[-4000:]))
     if problems:
-        pytest.fail("mount teardown: " + "; ".join(problems))
+        pytest.fail("mount teardown: " + "\n".join(problems))
 
 
 @pytest.fixture
