@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <uthash.h>
 
 /* ---- opcodes ---------------------------------------------------------- */
@@ -66,9 +67,14 @@ struct dict {
 	uint32_t meta;      /* the _metadata OrderedDict set by BUILD, or NONE_ID */
 };
 
+/* The elements of all lists and tuples, one array: a sequence chains its
+ * own (a malloc per tuple cost more than parsing). Links are index + 1. */
+struct kid {
+	uint32_t obj, next;
+};
+
 struct seq {
-	uint32_t *kids;
-	uint32_t n, cap;
+	uint32_t first, last, n;
 };
 
 struct op {
@@ -91,6 +97,8 @@ struct machine {
 	uint32_t ndicts, capdicts;
 	struct seq *seqs;
 	uint32_t nseqs, capseqs;
+	struct kid *kids;
+	uint32_t nkids, capkids;
 	struct slot *stack;
 	uint32_t sp, capstack;
 	uint32_t *marks;
@@ -105,6 +113,55 @@ static int fail(struct machine *m, uint32_t op, const char *what)
 }
 
 /* Grows *arr to hold one more element of size sz. */
+/* Arrays from BIG_ARRAY bytes up get a mapping of their own, backed by huge
+ * pages where the kernel has them: each fresh 4 KiB page costs a fault
+ * (15-30 us on the VMs measured), and a 20000-tensor pickle needs 40 MB of
+ * arrays, so faults, not parsing, made the first open of such a view slow. */
+#define BIG_ARRAY ((size_t)1 << 20)
+#define HUGE_PAGE ((size_t)2 << 20)
+
+static size_t big_len(size_t n)
+{
+	return (n + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+}
+
+/* n zeroed bytes. */
+static void *big_alloc(size_t n)
+{
+	void *p;
+
+	if (n < BIG_ARRAY)
+		return calloc(1, n ? n : 1);
+	p = mmap(NULL, big_len(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	madvise(p, big_len(n), MADV_HUGEPAGE);
+	return p;
+}
+
+static void big_free(void *p, size_t n)
+{
+	if (p && n < BIG_ARRAY)
+		free(p);
+	else if (p)
+		munmap(p, big_len(n));
+}
+
+static void *big_resize(void *p, size_t old, size_t n)
+{
+	void *q;
+
+	if (n < BIG_ARRAY)
+		return realloc(p, n);
+	if (old >= BIG_ARRAY && big_len(n) == big_len(old))
+		return p;
+	if (!(q = big_alloc(n)))
+		return NULL;
+	memcpy(q, p, old);
+	big_free(p, old);
+	return q;
+}
+
 static int grow(void **arr, uint32_t *cap, uint32_t n, size_t sz)
 {
 	void *p;
@@ -115,7 +172,7 @@ static int grow(void **arr, uint32_t *cap, uint32_t n, size_t sz)
 	if (*cap > UINT32_MAX / 2)
 		return -1;
 	c = *cap ? *cap * 2 : 16;
-	p = realloc(*arr, (size_t)c * sz);
+	p = big_resize(*arr, (size_t)*cap * sz, (size_t)c * sz);
 	if (!p)
 		return -1;
 	*arr = p;
@@ -309,10 +366,16 @@ static int add_kid(struct machine *m, uint32_t seq_obj, uint32_t kid)
 
 	if (m->objs[seq_obj].kind != K_SEQ)
 		return 0;
-	s = &m->seqs[m->objs[seq_obj].a];
-	if (grow((void **)&s->kids, &s->cap, s->n, sizeof(*s->kids)))
+	if (GROW(m, kids, capkids, nkids))
 		return ck_err_nomem(m->e);
-	s->kids[s->n++] = kid;
+	s = &m->seqs[m->objs[seq_obj].a];
+	m->kids[m->nkids++] = (struct kid){kid, 0};
+	if (s->last)
+		m->kids[s->last - 1].next = m->nkids;
+	else
+		s->first = m->nkids;
+	s->last = m->nkids;
+	s->n++;
 	return 0;
 }
 
@@ -631,7 +694,7 @@ static int step(struct machine *m, uint32_t i)
 static int run(struct machine *m)
 {
 	m->nmemo = m->nops + 4096; /* a pickler's memo indices stay below its op count */
-	m->memo = calloc(m->nmemo, sizeof(*m->memo));
+	m->memo = big_alloc((size_t)m->nmemo * sizeof(*m->memo));
 	if (!m->memo || new_obj(m, K_OTHER, 0, 0) != NONE_ID)
 		return ck_err_nomem(m->e);
 	for (uint32_t i = 0; i < m->nops; i++)
@@ -720,9 +783,8 @@ static int find_state_dicts(struct machine *m, uint32_t root)
 			continue;
 		o->flags |= bit;
 		if (o->kind == K_SEQ) {
-			const struct seq *s = &m->seqs[o->a];
-			for (uint32_t k = 0; k < s->n; k++)
-				TODO(s->kids[k], true);
+			for (uint32_t k = m->seqs[o->a].first; k; k = m->kids[k - 1].next)
+				TODO(m->kids[k - 1].obj, true);
 			continue;
 		}
 		const struct dict *d = &m->dicts[o->a];
@@ -936,7 +998,8 @@ static void emit_wrapper_entry(struct ck_buf *out, uint8_t ins)
  * wanted at that place becomes a literal without a put. */
 static int emit(struct machine *m, struct plan *p, struct ck_buf *out)
 {
-	struct str *slot = calloc(m->nmemo, sizeof(*slot)); /* what each slot holds in the output, if changed */
+	/* what each slot holds in the output, if changed */
+	struct str *slot = big_alloc((size_t)m->nmemo * sizeof(*slot));
 	size_t from = 0;                                     /* start of the pending verbatim run */
 
 	if (!slot)
@@ -987,7 +1050,7 @@ static int emit(struct machine *m, struct plan *p, struct ck_buf *out)
 	}
 	FLUSH_TO(m->n);
 #undef FLUSH_TO
-	free(slot);
+	big_free(slot, (size_t)m->nmemo * sizeof(*slot));
 	if (out->failed)
 		return ck_err_nomem(m->e);
 	return 0;
@@ -998,16 +1061,15 @@ static int emit(struct machine *m, struct plan *p, struct ck_buf *out)
 static void machine_free(struct machine *m)
 {
 	for (uint32_t k = 0; k < m->ndicts; k++)
-		free(m->dicts[k].items);
-	for (uint32_t k = 0; k < m->nseqs; k++)
-		free(m->seqs[k].kids);
-	free(m->dicts);
-	free(m->seqs);
-	free(m->objs);
-	free(m->ops);
-	free(m->stack);
-	free(m->marks);
-	free(m->memo);
+		big_free(m->dicts[k].items, (size_t)m->dicts[k].cap * sizeof(*m->dicts[k].items));
+	big_free(m->dicts, (size_t)m->capdicts * sizeof(*m->dicts));
+	big_free(m->seqs, (size_t)m->capseqs * sizeof(*m->seqs));
+	big_free(m->kids, (size_t)m->capkids * sizeof(*m->kids));
+	big_free(m->objs, (size_t)m->capobjs * sizeof(*m->objs));
+	big_free(m->ops, (size_t)m->capops * sizeof(*m->ops));
+	big_free(m->stack, (size_t)m->capstack * sizeof(*m->stack));
+	big_free(m->marks, (size_t)m->capmarks * sizeof(*m->marks));
+	big_free(m->memo, (size_t)m->nmemo * sizeof(*m->memo));
 }
 
 enum ck_pickle_result ck_pickle_rewrite(const uint8_t *in, size_t n, const struct ck_view *v,
@@ -1019,8 +1081,8 @@ enum ck_pickle_result ck_pickle_rewrite(const uint8_t *in, size_t n, const struc
 
 	if (tokenize(&m) || run(&m) || find_state_dicts(&m, m.stack[m.sp - 1].obj))
 		goto out;
-	p.val = calloc(m.nops, sizeof(*p.val));
-	p.ins = calloc(m.nops, 1);
+	p.val = big_alloc((size_t)m.nops * sizeof(*p.val));
+	p.ins = big_alloc(m.nops);
 	if (!p.val || !p.ins) {
 		ck_err_nomem(e);
 		goto out;
@@ -1041,8 +1103,8 @@ out:
 		for (uint32_t k = 0; k < m.nops; k++)
 			free(p.val[k].s);
 	}
-	free(p.val);
-	free(p.ins);
+	big_free(p.val, (size_t)m.nops * sizeof(*p.val));
+	big_free(p.ins, m.nops);
 	machine_free(&m);
 	return r;
 }
