@@ -271,6 +271,9 @@ int ck_safetensors_layout(const struct ck_src *src, const struct ck_view *v, str
 	if (ck_src_read(src, len8, sizeof(len8), 0, e))
 		return -1;
 	n = ck_le64(len8);
+	if (n > CK_SAFETENSORS_MAX_HEADER || n > src->size - 8)
+		return ck_err_set(e, EIO, "safetensors offset 0: header length %llu does not fit the file",
+				  (unsigned long long)n);
 	if (!(text = malloc(n + 1)))
 		return ck_err_nomem(e);
 	if (ck_src_read(src, text, n, 8, e))

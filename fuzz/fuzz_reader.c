@@ -1,0 +1,65 @@
+/* libFuzzer target for one reader, chosen at build time with -DREADER=:
+ * format (detection, then any reader), torchzip, legacy, safetensors.
+ * The input is written to a memfd and laid out through both built-in views;
+ * each layout must tile its size exactly and read back whole. */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include "format.h"
+#include "legacy.h"
+#include "safetensors.h"
+#include "torchzip.h"
+
+#define format 1
+#define torchzip 2
+#define legacy 3
+#define safetensors 4
+
+static int lay_out(const struct ck_src *src, const struct ck_view *v, struct ck_layout **l, struct ck_err *e)
+{
+#if READER == format
+	enum ck_format fmt;
+	return ck_view_layout(src, v, l, &fmt, e);
+#elif READER == torchzip
+	enum ck_zip_kind kind;
+	return ck_torchzip_layout(src, v, l, &kind, e);
+#elif READER == legacy
+	return ck_legacy_layout(src, v, l, e);
+#elif READER == safetensors
+	return ck_safetensors_layout(src, v, l, e);
+#else
+#error "READER must be format, torchzip, legacy or safetensors"
+#endif
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	const struct ck_view *views[] = {&ck_view_plain, &ck_view_ddp};
+	int fd = memfd_create("fuzz", 0);
+
+	if (fd < 0 || write(fd, data, size) != (ssize_t)size)
+		abort();
+	for (size_t i = 0; i < 2; i++) {
+		struct ck_src src = {fd, size, "fuzz"};
+		struct ck_layout *l = NULL;
+		struct ck_err e = {0};
+
+		if (lay_out(&src, views[i], &l, &e) || !l)
+			continue;
+		uint64_t covered = 0;
+		for (size_t k = 0; k < l->n; k++) {
+			if (l->ext[k].off != covered || l->ext[k].len == 0 ||
+			    (l->ext[k].kind == CK_EXTENT_SRC && l->ext[k].src_off + l->ext[k].len > size))
+				abort();
+			covered += l->ext[k].len;
+		}
+		uint8_t *buf = malloc(l->size + 1);
+		if (covered != l->size || ck_layout_pread(l, fd, buf, l->size, 0) != (ssize_t)l->size)
+			abort();
+		free(buf);
+		ck_layout_free(l);
+	}
+	close(fd);
+	return 0;
+}
