@@ -829,6 +829,9 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	/* Many readers of one checkpoint (DDP ranks) read ahead at once. */
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
+	/* Nothing is written through the mount: max_write only sets max_pages. */
+	conn->max_write = CK_READ_PAGES * 4096;
+	conn->max_readahead = CK_READ_AHEAD_KB << 10;
 }
 
 const struct fuse_lowlevel_ops ck_fs_ops = {

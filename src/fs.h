@@ -20,6 +20,15 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 		       struct ck_err *e);
 void ck_fs_free(struct ck_fs *fs);
 
+/* Reads come in requests of at most CK_READ_PAGES pages: libfuse 3.14
+ * splices a reply only if its per-thread pipe holds it with the header and
+ * a page per segment, and without CAP_SYS_RESOURCE a pipe grows only to
+ * pipe-max-size (1 MiB); a 256-page request would fall back to copying.
+ * The kernel reads ahead CK_READ_AHEAD_KB (four requests) where the daemon
+ * may raise the mount's read_ahead_kb (root). */
+#define CK_READ_PAGES 248
+#define CK_READ_AHEAD_KB (4 * CK_READ_PAGES * 4)
+
 /* The operations; their userdata is the struct ck_fs. */
 extern const struct fuse_lowlevel_ops ck_fs_ops;
 
