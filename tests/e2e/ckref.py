@@ -38,6 +38,7 @@ Rules (issue #2, with the lead's refinements in src/pickle.c marked *):
 import collections
 import io
 import math
+import os
 import pickle
 import pickletools
 import re
@@ -592,3 +593,17 @@ def pickle_ends(raw, count):
                 break
         ends.append(f.tell())
     return ends
+
+
+def loader(directory, load_file=None):
+    """name -> the loaded file directory/name, each loaded once.
+    load_file(path, name) defaults to load(path)."""
+    cache = {}
+
+    def source(name):
+        if name not in cache:
+            path = os.path.join(directory, name)
+            cache[name] = load_file(path, name) if load_file else load(path)
+        return cache[name]
+
+    return source

@@ -71,12 +71,7 @@ def _ids(pairs):
 @pytest.fixture(scope="module")
 def env(mount_module):
     m = mount_module(CORPUS)
-    cache = {}
-
-    def source(name):
-        if name not in cache:
-            cache[name] = _load(os.path.join(CORPUS, name), name)
-        return cache[name]
+    source = ckref.loader(CORPUS, _load)
 
     return m, source
 

@@ -241,12 +241,7 @@ def env(module_src, mount_module):
         write(os.path.join(src, name))
     _renamed_archive(src)
     m = mount_module(src)
-    cache = {}
-
-    def source(name):
-        if name not in cache:
-            cache[name] = ckref.load(os.path.join(src, name))
-        return cache[name]
+    source = ckref.loader(src)
 
     return m, src, source
 
@@ -1000,12 +995,7 @@ def custom_env(tmp_path_factory, mount_module):
     for name, write in CUSTOM_WRITERS.items():
         write(os.path.join(src, name))
     m = mount_module(src, opts=[v.option() for v in CUSTOM])
-    cache = {}
-
-    def source(name):
-        if name not in cache:
-            cache[name] = ckref.load(os.path.join(src, name))
-        return cache[name]
+    source = ckref.loader(src)
 
     return m, src, source
 

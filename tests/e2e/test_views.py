@@ -144,12 +144,7 @@ def env(module_src, mount_module):
     torch.jit.save(scripted, os.path.join(src, "scripted.pt"))
     shas = {n: sha256(os.path.join(src, n)) for n in os.listdir(src)}
     m = mount_module(src)
-    cache = {}
-
-    def source(name):
-        if name not in cache:
-            cache[name] = ckref.load(os.path.join(src, name))
-        return cache[name]
+    source = ckref.loader(src)
 
     yield m, source, shas
     for n, h in shas.items():
