@@ -476,13 +476,22 @@ static void reply_source(fuse_req_t req, int fd, size_t size, off_t off)
 	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 }
 
+/* Segments a read can take without allocating: a view is at most four
+ * extents (records before data.pkl, data.pkl's record, the records after
+ * it, the central directory), so a request spans at most that many. */
+#define READ_SEGMENTS 4
+
 /* One segment per extent that [off, off + size) touches: memory segments
  * point into the layout, source segments are spliced from the file. */
 static int reply_view(fuse_req_t req, int fd, const struct ck_layout *l, size_t size, off_t off)
 {
 	uint64_t start = (uint64_t)off, end;
 	size_t first, n;
-	struct fuse_bufvec *bv;
+	struct {
+		struct fuse_bufvec bv;
+		struct fuse_buf more[READ_SEGMENTS - 1];
+	} local;
+	struct fuse_bufvec *bv = &local.bv;
 
 	if (start >= l->size || size == 0) {
 		fuse_reply_buf(req, NULL, 0);
@@ -491,9 +500,9 @@ static int reply_view(fuse_req_t req, int fd, const struct ck_layout *l, size_t 
 	end = size < l->size - start ? start + size : l->size;
 	first = ck_layout_find(l, start);
 	n = ck_layout_find(l, end - 1) - first + 1;
-	bv = calloc(1, sizeof(*bv) + (n - 1) * sizeof(bv->buf[0]));
-	if (!bv)
+	if (n > READ_SEGMENTS && !(bv = malloc(sizeof(*bv) + (n - 1) * sizeof(bv->buf[0]))))
 		return -ENOMEM;
+	memset(bv, 0, sizeof(*bv) + (n - 1) * sizeof(bv->buf[0]));
 	bv->count = n;
 	for (size_t i = 0; i < n; i++) {
 		const struct ck_extent *x = &l->ext[first + i];
@@ -511,7 +520,8 @@ static int reply_view(fuse_req_t req, int fd, const struct ck_layout *l, size_t 
 		}
 	}
 	fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
-	free(bv);
+	if (bv != &local.bv)
+		free(bv);
 	return 0;
 }
 
