@@ -248,6 +248,18 @@ def mount_factory(tmp_path):
     _stop_all(made)
 
 
+@pytest.fixture
+def dirs(tmp_path):
+    """(src, mnt) for tests that run the CLI themselves; src holds hello.txt.
+    Whatever they mount there must be gone at the end."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    (src / "hello.txt").write_text("hi\n")
+    yield str(src), str(mnt)
+    assert force_unmount(str(mnt)), "mount left at %s" % mnt
+
+
 @pytest.fixture(scope="module")
 def module_src(tmp_path_factory):
     return str(tmp_path_factory.mktemp("src"))

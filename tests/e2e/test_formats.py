@@ -27,7 +27,6 @@ import pickle
 import pickletools
 import re
 import struct
-import subprocess
 import time
 import zipfile
 import zlib
@@ -39,7 +38,7 @@ import torch.nn as nn
 import ckmodels
 import ckref
 import stref
-from conftest import force_unmount, mounted_at, need_binary, read_bytes, run_cli, sha256
+from conftest import mounted_at, need_binary, read_bytes, run_cli, sha256
 
 
 def _dp(m):
@@ -1100,18 +1099,6 @@ def test_custom_format_xattr(custom_env, view):
 
 
 # -- the option's syntax ---------------------------------------------------------
-
-@pytest.fixture
-def dirs(tmp_path):
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir()
-    mnt.mkdir()
-    (src / "hello.txt").write_text("hi\n")
-    yield str(src), str(mnt)
-    if mounted_at(str(mnt)):
-        subprocess.run(["fusermount3", "-u", str(mnt)], timeout=30)
-    assert force_unmount(str(mnt)), "mount left at %s" % mnt
-
 
 def _mount_opts(opts, src, mnt):
     """`ckptfs mount` (daemonizing: returns once up) with -o options."""

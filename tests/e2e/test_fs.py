@@ -336,14 +336,6 @@ def _one_line(text):
     return len(lines) == 1
 
 
-@pytest.fixture
-def dirs(tmp_path):
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir()
-    mnt.mkdir()
-    (src / "hello.txt").write_text("hi\n")
-    yield str(src), str(mnt)
-    assert force_unmount(str(mnt)), "mount left at %s" % mnt
 
 
 def test_cli_missing_source(dirs):
