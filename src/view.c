@@ -6,9 +6,55 @@
 
 /* The wrappers: DataParallel and DistributedDataParallel hold the model as
  * `module`, torch.compile's OptimizedModule as `_orig_mod`. */
-const struct ck_view ck_view_plain = {.name = "plain", .strip = {"module.", "_orig_mod."}, .nstrip = 2};
+const struct ck_view ck_view_plain = {
+	.name = "plain", .strip = {"module.", "_orig_mod."}, .nstrip = 2, .clean = true};
 const struct ck_view ck_view_ddp = {
-	.name = "ddp", .strip = {"module.", "_orig_mod."}, .nstrip = 2, .add = "module."};
+	.name = "ddp", .strip = {"module.", "_orig_mod."}, .nstrip = 2, .add = "module.", .clean = true};
+
+/* Wrappers that may wrap any submodule, so their names stand anywhere in a
+ * key: FSDP (and its 1.x FlattenParamsWrapper), activation checkpointing,
+ * torch.compile. torch's clean_tensor_name and the FQNs of distributed
+ * checkpoint drop them; `module` is not among them: inside a key it is a
+ * real submodule (DDP wraps only the whole model). */
+static const char *const inner_wrappers[] = {
+	"_fsdp_wrapped_module", "_fpw_module", "_checkpoint_wrapped_module", "_orig_mod"};
+
+static bool is_inner_wrapper(const char *c, size_t n)
+{
+	for (size_t i = 0; i < sizeof(inner_wrappers) / sizeof(inner_wrappers[0]); i++)
+		if (strlen(inner_wrappers[i]) == n && memcmp(c, inner_wrappers[i], n) == 0)
+			return true;
+	return false;
+}
+
+/* The key without its inner wrapper components, malloc'ed. A tensor key's
+ * last component is the tensor's own name and stays; a metadata key names
+ * modules only, so its last component may go too. */
+static char *clean(const char *key, size_t len, int meta, size_t *outlen)
+{
+	char *s = malloc(len + 1);
+	size_t n = 0;
+	bool first = true;
+
+	if (!s)
+		return NULL;
+	for (size_t at = 0; at <= len;) {
+		const char *dot = memchr(key + at, '.', len - at);
+		size_t cl = dot ? (size_t)(dot - (key + at)) : len - at;
+
+		if (!is_inner_wrapper(key + at, cl) || (!dot && !meta)) {
+			if (!first)
+				s[n++] = '.';
+			first = false;
+			memcpy(s + n, key + at, cl);
+			n += cl;
+		}
+		at += cl + 1;
+	}
+	s[n] = 0;
+	*outlen = n;
+	return s;
+}
 
 /* Strips leading wrapper components. In a metadata key a component may also
  * be the whole remaining name ("module" is the wrapped root). */
@@ -50,16 +96,27 @@ static char *join(const struct ck_view *v, const char *rest, size_t rl, int meta
 	return s;
 }
 
+static char *rename_key(const struct ck_view *v, const char *key, size_t len, int meta, size_t *outlen)
+{
+	char *cleaned = NULL, *s;
+	size_t at;
+
+	if (v->clean && !(key = cleaned = clean(key, len, meta, &len)))
+		return NULL;
+	at = strip(v, key, len, meta);
+	s = join(v, key + at, len - at, meta, outlen);
+	free(cleaned);
+	return s;
+}
+
 char *ck_view_key(const struct ck_view *v, const char *key, size_t len, size_t *outlen)
 {
-	size_t at = strip(v, key, len, 0);
-	return join(v, key + at, len - at, 0, outlen);
+	return rename_key(v, key, len, 0, outlen);
 }
 
 char *ck_view_meta_key(const struct ck_view *v, const char *key, size_t len, size_t *outlen)
 {
-	size_t at = strip(v, key, len, 1);
-	return join(v, key + at, len - at, 1, outlen);
+	return rename_key(v, key, len, 1, outlen);
 }
 
 static bool valid_name(const char *s, size_t n)

@@ -14,15 +14,21 @@ struct ck_view {
 	const char *strip[CK_VIEW_MAX_STRIP];   /* wrapper prefixes, each ending in '.' */
 	size_t nstrip;
 	const char *add;                        /* prefix to add after stripping, ending in '.', or NULL */
+	bool clean;                             /* drop inner wrapper components first (built-ins) */
 };
 
-/* The built-in views: plain (strip "module." and "_orig_mod.") and ddp
- * (plain, then add "module."). */
+/* The built-in views. plain gives PyTorch's canonical names: the wrapper
+ * components torch itself drops wherever they stand (_fsdp_wrapped_module,
+ * _fpw_module, _checkpoint_wrapped_module, _orig_mod) go first, then every
+ * leading "module." and "_orig_mod."; ddp is plain, then "module." added.
+ * A custom view strips only its listed leading prefixes. */
 extern const struct ck_view ck_view_plain;
 extern const struct ck_view ck_view_ddp;
 
-/* The new name of a state-dict key: every leading wrapper component is
- * stripped (repeatedly, in any order), then `add` is prepended. Returns a
+/* The new name of a state-dict key: with `clean`, every inner wrapper
+ * component is removed (never the last one, the tensor's own name); then
+ * every leading wrapper prefix is stripped (repeatedly, in any order), then
+ * `add` is prepended. Returns a
  * malloc'ed string of *outlen bytes, or NULL on allocation failure. */
 char *ck_view_key(const struct ck_view *v, const char *key, size_t len, size_t *outlen);
 

@@ -26,7 +26,25 @@ int main(void)
 	check(&ck_view_plain, 0, "_orig_mod.fc.weight", "fc.weight");
 	check(&ck_view_plain, 0, "module._orig_mod.fc.weight", "fc.weight");
 	check(&ck_view_plain, 0, "_orig_mod.module.fc.weight", "fc.weight");
-	check(&ck_view_plain, 0, "fc._orig_mod.weight", "fc._orig_mod.weight");
+	/* inner wrapper components go wherever they stand, as torch's own
+	 * clean_tensor_name; the tensor's own name and a real `module` stay */
+	check(&ck_view_plain, 0, "fc._orig_mod.weight", "fc.weight");
+	check(&ck_view_plain, 0, "module._fsdp_wrapped_module.1._checkpoint_wrapped_module.0.weight", "1.0.weight");
+	check(&ck_view_ddp, 0, "module._fsdp_wrapped_module.1._checkpoint_wrapped_module.0.weight",
+	      "module.1.0.weight");
+	check(&ck_view_plain, 0, "_fsdp_wrapped_module._fpw_module.layer.weight", "layer.weight");
+	check(&ck_view_plain, 0, "encoder._orig_mod.module.weight", "encoder.module.weight");
+	check(&ck_view_plain, 0, "_fsdp_wrapped_module.module.x", "x");
+	check(&ck_view_plain, 0, "a._checkpoint_wrapped_module", "a._checkpoint_wrapped_module");
+	check(&ck_view_plain, 0, "x_fsdp_wrapped_module.w", "x_fsdp_wrapped_module.w");
+	check(&ck_view_plain, 0, "_orig_mod_x.w", "_orig_mod_x.w");
+	check(&ck_view_plain, 0, ".a._orig_mod..b", ".a..b");
+	check(&ck_view_plain, 0, "_orig_mod", "_orig_mod");
+	check(&ck_view_plain, 1, "module._fsdp_wrapped_module", "");
+	check(&ck_view_plain, 1, "module._fsdp_wrapped_module.1._checkpoint_wrapped_module", "1");
+	check(&ck_view_plain, 1, "encoder._orig_mod", "encoder");
+	check(&ck_view_ddp, 1, "module._fsdp_wrapped_module", "module");
+	check(&ck_view_ddp, 1, "_fsdp_wrapped_module.0", "module.0");
 	check(&ck_view_ddp, 0, "_orig_mod.module.fc.weight", "module.fc.weight");
 	check(&ck_view_plain, 1, "_orig_mod", "");
 	check(&ck_view_plain, 1, "module._orig_mod", "");
@@ -48,6 +66,8 @@ int main(void)
 		check(&bare, 0, "model.layer.0.weight", "layer.0.weight");
 		check(&bare, 0, "module.layer.0.weight", "module.layer.0.weight");
 		check(&bare, 1, "model", "");
+		/* a custom view strips only what it lists */
+		check(&bare, 0, "model._fsdp_wrapped_module.fc.weight", "_fsdp_wrapped_module.fc.weight");
 		check(&peft, 0, "base_model.model.h.0.attn.lora_A.weight", "h.0.attn.lora_A.weight");
 	}
 	{
