@@ -65,6 +65,7 @@ struct dict {
 	struct item *items;
 	uint32_t n, cap;
 	uint32_t meta;      /* the _metadata OrderedDict set by BUILD, or NONE_ID */
+	bool odict;         /* reduced from collections.OrderedDict */
 };
 
 /* The elements of all lists and tuples, one array: a sequence chains its
@@ -660,6 +661,7 @@ static int step(struct machine *m, uint32_t i)
 		    m->seqs[args->a].n == 0) {
 			if ((id = new_dict(m)) == NONE_ID)
 				return ck_err_nomem(m->e);
+			m->dicts[m->objs[id].a].odict = true;
 			return push(m, id, i);
 		}
 		return push(m, NONE_ID, i);
@@ -676,7 +678,7 @@ static int step(struct machine *m, uint32_t i)
 		state = &m->objs[m->stack[m->sp - 1].obj];
 		target = &m->objs[m->stack[m->sp - 2].obj];
 		m->sp--;
-		if (target->kind == K_DICT && state->kind == K_DICT) {
+		if (target->kind == K_DICT && m->dicts[target->a].odict && state->kind == K_DICT) {
 			const struct dict *s = &m->dicts[state->a];
 			for (uint32_t k = 0; k < s->n; k++) {
 				const struct obj *key = &m->objs[s->items[k].key];
@@ -723,9 +725,20 @@ static bool is_param_path(const struct machine *m, const struct obj *key)
 	return true;
 }
 
+/* Module.state_dict() is an OrderedDict carrying `_metadata`: that is a
+ * state dict whatever its values (a quantized model's dtypes and packed
+ * parameters, `_extra_state` objects); its keys need only be strings. A
+ * dict without it is one when its keys are parameter paths and its values
+ * all tensors (`{k: v for ...}` copies). */
 static bool is_state_dict(const struct machine *m, const struct dict *d)
 {
-	if (d->n == 0 && d->meta == NONE_ID)
+	if (d->meta != NONE_ID) {
+		for (uint32_t k = 0; k < d->n; k++)
+			if (m->objs[d->items[k].key].kind != K_STR)
+				return false;
+		return true;
+	}
+	if (d->n == 0)
 		return false;
 	for (uint32_t k = 0; k < d->n; k++)
 		if (!is_param_path(m, &m->objs[d->items[k].key]) || m->objs[d->items[k].val].kind != K_TENSOR)

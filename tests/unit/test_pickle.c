@@ -357,6 +357,52 @@ static void test_not_state_dicts(void)
 	ck_buf_free(&b);
 }
 
+/* A quantized model's state dict: {key: dtype global, key: (tensor, tensor)}
+ * in `dict_op` ('R': an OrderedDict, '}': a plain dict), with a BUILD
+ * setting `_metadata` {'module': {}}; `key` is written as a string. */
+static void build_quantized(struct ck_buf *b, char dict_op, const char *k1, const char *k2, const char *mk)
+{
+	memset(b, 0, sizeof(*b));
+	pk_proto(b, 2);
+	if (dict_op == 'R')
+		pk_odict(b, ODICT, 1);
+	else
+		pk_op(b, '}');
+	pk_op(b, '(');
+	pk_str(b, k1);
+	pk_global(b, "torch", "qint8");
+	pk_str(b, k2);
+	pk_tensor(b, REBUILD, 1);
+	pk_tensor(b, REBUILD, 0);
+	ck_buf_u8(b, 0x86); /* TUPLE2 */
+	pk_op(b, 'u');
+	pk_op(b, '}');
+	pk_str(b, "_metadata");
+	pk_odict(b, ODICT, dict_op != 'R');
+	pk_str(b, mk);
+	pk_op(b, '}');
+	pk_op(b, 's');
+	pk_op(b, 's');
+	pk_op(b, 'b');
+	pk_op(b, '.');
+}
+
+static void test_metadata_signature(void)
+{
+	struct ck_buf in, want;
+
+	build_quantized(&in, 'R', "module.0._packed_params.dtype", "module.0._packed_params._packed_params", "module");
+	build_quantized(&want, 'R', "0._packed_params.dtype", "0._packed_params._packed_params", "");
+	expect_rewrite("an OrderedDict with _metadata is a state dict whatever its values", &in, &ck_view_plain,
+		       &want);
+	ck_buf_free(&in);
+	ck_buf_free(&want);
+
+	build_quantized(&in, '}', "module.0._packed_params.dtype", "module.0._packed_params._packed_params", "module");
+	expect_unchanged("a plain dict of non-tensors is none, even with a BUILD", &in, &ck_view_plain);
+	ck_buf_free(&in);
+}
+
 static void test_collision(void)
 {
 	struct ck_buf b = {0};
@@ -523,6 +569,7 @@ int main(void)
 	test_memo_sharing();
 	test_shared_keys();
 	test_not_state_dicts();
+	test_metadata_signature();
 	test_collision();
 	test_protocol4();
 	test_many_keys();
