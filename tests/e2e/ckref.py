@@ -4,19 +4,25 @@ The reference works on *loaded* objects (what torch.load returns), never on
 bytes, so it is independent of the daemon's pickle rewriter.
 
 Rules (issue #2, with the lead's refinements in src/pickle.c marked *):
-  * A state dict is a dict/OrderedDict whose keys are all str and whose values
-    are all tensors (Parameters included) and that is non-empty, or that is an
-    OrderedDict carrying a `_metadata` attribute.
-    * Every key must look like a parameter path: non-empty, no whitespace or
-      control characters, no '/' or '\\' (Lightning's best_k_models maps
-      checkpoint file paths to scores: not a state dict).
+  * A state dict is an OrderedDict carrying a `_metadata` attribute (what
+    Module.state_dict() returns) whose keys are all str, whatever its values
+    (issue #10: quantized dtypes and packed-parameter tuples, `_extra_state`
+    objects); or a non-empty dict/OrderedDict whose keys are all str and
+    whose values are all tensors (Parameters included).
+    * Without `_metadata`, every key must look like a parameter path:
+      non-empty, no whitespace or control characters, no '/' or '\\'
+      (Lightning's best_k_models maps checkpoint file paths to scores: not a
+      state dict).
   * It is found by walking from the root through dicts, lists and tuples only
     (never into other objects' state).  A dict that is a value of a dict with
     any non-str key is never a state dict, but is walked into.
     * A dict with both "state" and "param_groups" keys (Optimizer.state_dict(),
       whose parameter ids may be strings) is not walked into.
-  * plain: keys lose every leading wrapper component, "module." (DDP, DP)
-    and "_orig_mod." (torch.compile), in any order and repeated; `_metadata`
+  * plain: keys first lose every inner wrapper component wherever it stands
+    (issue #10, INNER_WRAPPERS: FSDP, checkpoint_wrapper, torch.compile; a
+    tensor key's last component stays), then every leading wrapper
+    component, "module." (DDP, DP) and "_orig_mod." (torch.compile), in any
+    order and repeated; `_metadata`
     keys likewise, where a wrapper component may also be the whole remaining
     name ("module" -> "", "module._orig_mod" -> "", "module.x" -> "x"),
     order kept; on collision the later value wins at the earlier position.
@@ -28,8 +34,8 @@ Rules (issue #2, with the lead's refinements in src/pickle.c marked *):
     other key a fixed point of the ddp rule) is kept as it is in the ddp view.
   * Custom views (issue #3, `-o view=NAME:strip=P[:strip=P...][:add=P]`):
     the same rules with only the listed prefixes stripped and `add` (if any)
-    in place of "module.": plain is (WRAPPERS, None), ddp (WRAPPERS,
-    "module.").  A view that adds a prefix inserts the wrapper's ("", ...)
+    in place of "module.", and no inner wrapper removed: plain is (WRAPPERS,
+    None, clean=True), ddp (WRAPPERS, "module.", clean=True).  A view that adds a prefix inserts the wrapper's ("", ...)
     entry like ddp; one that strips only (Lightning `model.`, PEFT
     `base_model.model.`) treats `_metadata` like plain.  A key collision in
     any view makes the daemon refuse the file (EIO): KeyCollision here.
@@ -47,6 +53,7 @@ import torch
 
 PREFIX = "module."
 WRAPPERS = ("module.", "_orig_mod.")
+INNER_WRAPPERS = ("_fsdp_wrapped_module", "_fpw_module", "_checkpoint_wrapped_module", "_orig_mod")
 VIEWS = ("plain", "ddp")
 
 MAX_CUSTOM_VIEWS = 13
@@ -57,7 +64,7 @@ VIEW_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+\Z")
 # --------------------------------------------------------------------------
 # views
 
-class View(collections.namedtuple("View", "name strip add")):
+class View(collections.namedtuple("View", "name strip add clean", defaults=(False,))):
     """A view: the top-level directory `name`, the wrapper prefixes it strips
     (each ending in "."; leading components, any order, repeated) and the
     prefix it adds afterwards (ending in ".", or None).  plain and ddp are
@@ -74,8 +81,8 @@ class View(collections.namedtuple("View", "name strip add")):
         return "view=" + ":".join(parts)
 
 
-PLAIN = View("plain", WRAPPERS, None)
-DDP = View("ddp", WRAPPERS, PREFIX)
+PLAIN = View("plain", WRAPPERS, None, True)
+DDP = View("ddp", WRAPPERS, PREFIX, True)
 BUILTIN = {"plain": PLAIN, "ddp": DDP}
 
 
@@ -146,16 +153,29 @@ def _strip(key, meta, prefixes=WRAPPERS):
             return key
 
 
+def clean_key(key, meta):
+    """Without inner wrapper components (a tensor key keeps its last one);
+    what torch's clean_tensor_name gives for names made of whole components."""
+    parts = key.split(".")
+    keep = [p for i, p in enumerate(parts)
+            if p not in INNER_WRAPPERS or (not meta and i == len(parts) - 1)]
+    return ".".join(keep)
+
+
+def _rename(v, key, meta):
+    return _strip(clean_key(key, meta) if v.clean else key, meta, v.strip)
+
+
 def view_key(view, key):
-    """A state-dict key in `view`: strip, then add."""
+    """A state-dict key in `view`: clean, strip, then add."""
     v = view_of(view)
-    return (v.add or "") + _strip(key, False, v.strip)
+    return (v.add or "") + _rename(v, key, False)
 
 
 def view_meta_key(view, key):
     """A `_metadata` key (a module path, "" = root) in `view`."""
     v = view_of(view)
-    key = _strip(key, True, v.strip)
+    key = _rename(v, key, True)
     if v.add is None:
         return key
     return v.add[:-1] if key == "" else v.add + key
@@ -169,7 +189,7 @@ def view_metadata(view, md):
     v = view_of(view)
     stripped = collections.OrderedDict()
     for k, val in md.items():
-        stripped[_strip(k, True, v.strip)] = val   # re-assignment keeps the first position
+        stripped[_rename(v, k, True)] = val   # re-assignment keeps the first position
     if v.add is None:
         return stripped
     if not md:
@@ -244,6 +264,8 @@ def is_optimizer_state(obj):
 def is_state_dict(obj):
     if not _is_dict(obj):
         return False
+    if type(obj) is collections.OrderedDict and hasattr(obj, "_metadata"):
+        return all(type(k) is str for k in obj.keys())
     if not all(is_param_path(k) for k in obj.keys()):
         return False
     if not all(isinstance(v, torch.Tensor) for v in obj.values()):

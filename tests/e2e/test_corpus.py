@@ -178,6 +178,32 @@ def test_corpus_format_xattr(env, name, view):
     assert os.getxattr(m.path(view, name), "user.ckptfs.format").rstrip(b"\0") == fmt
 
 
+QUANTIZED_SD = "q8demo-sd__model_int8.pth"
+
+
+@pytest.mark.skipif(QUANTIZED_SD not in FORMAT, reason="not in this corpus")
+def test_corpus_quantized_state_dict_gets_module_prefix(env):
+    """A quantized model's state_dict() (qint8 tensors, dtype values) is a
+    state dict by its `_metadata` (issue #10): ddp/ gives what
+    DataParallel(model).state_dict() holds, its keys checked with torch's
+    own inverse, consume_prefix_in_state_dict_if_present (whose 1.13
+    version leaves `_metadata` alone); plain/ is the file."""
+    from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+    m, source = env
+    src = source(QUANTIZED_SD)
+    ddp = ckref.load(m.path("ddp", QUANTIZED_SD))
+    assert list(ddp) == ["module." + k for k in src]
+    # DataParallel's metadata: its own entry, then the model's under "module"
+    assert list(ddp._metadata.items()) == [("", {"version": 1})] + [
+        ("module" + ("." + k if k else ""), v) for k, v in src._metadata.items()]
+    consume_prefix_in_state_dict_if_present(ddp, "module.")
+    # torch's function re-inserts keys in sorted order: compare by name
+    assert sorted(ddp) == sorted(src)
+    for k in src:
+        ckref.assert_same(ddp[k], src[k])
+    assert sha256(m.path("plain", QUANTIZED_SD)) == sha256(os.path.join(CORPUS, QUANTIZED_SD))
+
+
 @pytest.mark.parametrize("name", OTHER)
 def test_corpus_other_formats(name):
     pytest.skip("no view rules for format %r yet" % FORMAT[name])

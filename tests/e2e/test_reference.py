@@ -265,8 +265,8 @@ def test_ref_orig_mod_wrappers(wrap):
 
 
 def test_ref_builtin_views_are_views():
-    assert ckref.view_of("plain") == ckref.View("plain", ("module.", "_orig_mod."), None)
-    assert ckref.view_of("ddp") == ckref.View("ddp", ("module.", "_orig_mod."), "module.")
+    assert ckref.view_of("plain") == ckref.View("plain", ("module.", "_orig_mod."), None, True)
+    assert ckref.view_of("ddp") == ckref.View("ddp", ("module.", "_orig_mod."), "module.", True)
     sd = nn.DataParallel(ckmodels.Compiled(ckmodels.make_model(13))).state_dict()
     for name in ckref.VIEWS:
         assert_same(transform(sd, ckref.view_of(name)), transform(sd, name))
