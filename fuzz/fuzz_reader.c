@@ -1,5 +1,6 @@
 /* libFuzzer target for one reader, chosen at build time with -DREADER=:
- * format (detection, then any reader), torchzip, legacy, safetensors.
+ * format (detection, then any reader), torchzip, legacy, safetensors,
+ * shardindex.
  * The input is written to a memfd and laid out through both built-in views;
  * each layout must tile its size exactly and read back whole. */
 #define _GNU_SOURCE
@@ -9,12 +10,14 @@
 #include "format.h"
 #include "legacy.h"
 #include "safetensors.h"
+#include "shardindex.h"
 #include "torchzip.h"
 
 #define format 1
 #define torchzip 2
 #define legacy 3
 #define safetensors 4
+#define shardindex 5
 
 static int lay_out(const struct ck_src *src, const struct ck_view *v, struct ck_layout **l, struct ck_err *e)
 {
@@ -28,8 +31,11 @@ static int lay_out(const struct ck_src *src, const struct ck_view *v, struct ck_
 	return ck_legacy_layout(src, v, l, e);
 #elif READER == safetensors
 	return ck_safetensors_layout(src, v, l, e);
+#elif READER == shardindex
+	bool is_index;
+	return ck_shardindex_layout(src, v, l, &is_index, e);
 #else
-#error "READER must be format, torchzip, legacy or safetensors"
+#error "READER must be format, torchzip, legacy, safetensors or shardindex"
 #endif
 }
 

@@ -4,6 +4,7 @@
 #include <string.h>
 #include "legacy.h"
 #include "safetensors.h"
+#include "shardindex.h"
 #include "torchzip.h"
 
 const char *ck_format_name(enum ck_format f)
@@ -13,6 +14,7 @@ const char *ck_format_name(enum ck_format f)
 	case CK_FORMAT_TORCHSCRIPT: return "torchscript";
 	case CK_FORMAT_LEGACY: return "torch-legacy";
 	case CK_FORMAT_SAFETENSORS: return "safetensors";
+	case CK_FORMAT_SHARDINDEX: return "shard-index";
 	default: return "other";
 	}
 }
@@ -35,6 +37,13 @@ int ck_view_layout(const struct ck_src *src, const struct ck_view *v, struct ck_
 	if (ck_safetensors_detect(head, n, src->size)) {
 		*fmt = CK_FORMAT_SAFETENSORS;
 		return ck_safetensors_layout(src, v, out, e);
+	}
+	if (ck_shardindex_candidate(head, n, src->size)) {
+		bool is_index;
+		int rc = ck_shardindex_layout(src, v, out, &is_index, e);
+		if (is_index)
+			*fmt = CK_FORMAT_SHARDINDEX;
+		return rc;
 	}
 	if (n < 4 || memcmp(head, "PK\3\4", 4) != 0)
 		return 0;

@@ -13,6 +13,7 @@ enum ck_format {
 	CK_FORMAT_TORCHSCRIPT,  /* passes through, never parsed */
 	CK_FORMAT_LEGACY,       /* torch before 1.6 */
 	CK_FORMAT_SAFETENSORS,
+	CK_FORMAT_SHARDINDEX,   /* index of a sharded checkpoint (JSON weight_map) */
 };
 
 const char *ck_format_name(enum ck_format f);

@@ -1,14 +1,12 @@
-/* The header is validated by jansson (strict JSON, duplicate names
- * refused); a scanner over the validated text then finds each top-level
- * name so that only renamed names change and every other byte, the
- * __metadata__ above all, stays exactly as written. */
+/* The header is validated by jansson and renamed in place (jsonkeys.h):
+ * only renamed names change and every other byte, the __metadata__ above
+ * all, stays exactly as written. */
 #include "safetensors.h"
 
 #include <errno.h>
-#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
-#include <uthash.h>
+#include "jsonkeys.h"
 
 #define METADATA "__metadata__"
 
@@ -20,71 +18,6 @@ bool ck_safetensors_detect(const uint8_t *head, size_t n, uint64_t file_size)
 		return false;
 	len = ck_le64(head);
 	return len >= 2 && len <= CK_SAFETENSORS_MAX_HEADER && len <= file_size - 8 && head[8] == '{';
-}
-
-/* ---- scanning text that jansson has already accepted -------------------- */
-
-static size_t skip_space(const char *s, size_t p, size_t n)
-{
-	while (p < n && (s[p] == ' ' || s[p] == '\t' || s[p] == '\n' || s[p] == '\r'))
-		p++;
-	return p;
-}
-
-/* p at an opening quote; returns the position after the closing one. */
-static size_t skip_string(const char *s, size_t p, size_t n)
-{
-	for (p++; p < n && s[p] != '"'; p++)
-		if (s[p] == '\\')
-			p++;
-	return p + 1;
-}
-
-/* p at a value; returns the position after it. */
-static size_t skip_value(const char *s, size_t p, size_t n)
-{
-	int depth = 0;
-
-	if (s[p] == '"')
-		return skip_string(s, p, n);
-	if (s[p] != '{' && s[p] != '[') { /* number, true, false, null */
-		while (p < n && !strchr(",}] \t\n\r", s[p]))
-			p++;
-		return p;
-	}
-	while (p < n) {
-		if (s[p] == '"') {
-			p = skip_string(s, p, n);
-			continue;
-		}
-		if (s[p] == '{' || s[p] == '[')
-			depth++;
-		else if (s[p] == '}' || s[p] == ']')
-			depth--;
-		p++;
-		if (depth == 0)
-			break;
-	}
-	return p;
-}
-
-static void put_json_string(struct ck_buf *b, const char *s, size_t n)
-{
-	ck_buf_u8(b, '"');
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c == '"' || c == '\\') {
-			ck_buf_u8(b, '\\');
-			ck_buf_u8(b, c);
-		} else if (c < 0x20) {
-			char esc[8];
-			snprintf(esc, sizeof(esc), "\\u%04x", c);
-			ck_buf_append(b, esc, 6);
-		} else {
-			ck_buf_u8(b, c);
-		}
-	}
-	ck_buf_u8(b, '"');
 }
 
 /* ---- validation, as the reference reader does it ------------------------- */
@@ -165,90 +98,48 @@ static int check_spans(struct span *sp, size_t n, uint64_t data_len, struct ck_e
 
 /* ---- names ---------------------------------------------------------------- */
 
-struct name {
-	const char *s;
-	size_t len;
-	const char *orig;
-	UT_hash_handle hh;
+struct checks {
+	struct span *spans;
+	size_t n;
 };
+
+/* Every entry is a tensor but __metadata__, a map of strings kept as is. */
+static int check_entry(void *ctx, const char *name, json_t *val, size_t at, bool *rename, struct ck_err *e)
+{
+	struct checks *c = ctx;
+	const char *mk;
+	json_t *x;
+	bool strings = json_is_object(val);
+
+	if (strcmp(name, METADATA) != 0)
+		return check_tensor(name, val, at, &c->spans[c->n++], e);
+	*rename = false;
+	json_object_foreach(val, mk, x) strings &= json_is_string(x);
+	if (!strings)
+		return ck_err_set(e, EIO, "safetensors header offset %zu: " METADATA " is not a map of strings", at);
+	return 0;
+}
 
 /* Checks every entry and renames the tensors; *changed tells if any name
  * changed. data_len: the bytes after the header. */
 static int rename_header(const char *hdr, size_t n, json_t *root, uint64_t data_len, const struct ck_view *v,
 			 struct ck_buf *out, bool *changed, struct ck_err *e)
 {
-	struct name *names = NULL, *all, *x, *tmp;
-	size_t count = json_object_size(root), k = 0, p = skip_space(hdr, 0, n) + 1, from = 0, nspans = 0;
-	void *it = json_object_iter(root);
-	struct span *spans;
-	int rc = 0;
+	struct checks c = {calloc(json_object_size(root) + 1, sizeof(*c.spans)), 0};
+	struct ck_json_rename r = {v, "safetensors header", METADATA, check_entry, &c};
+	size_t from = 0, end = n;
+	int rc;
 
-	*changed = false;
-	all = calloc(count ? count : 1, sizeof(*all));
-	spans = calloc(count ? count : 1, sizeof(*spans));
-	if (!all || !spans) {
-		free(all);
-		free(spans);
+	if (!c.spans)
 		return ck_err_nomem(e);
-	}
-	for (; it && !rc; it = json_object_iter_next(root, it), k++) {
-		const char *key = json_object_iter_key(it);
-		size_t klen = strlen(key), nl = klen;
-		char *nk = NULL;
-
-		p = skip_space(hdr, p, n);
-		size_t kstart = p, kend = skip_string(hdr, p, n);
-		p = skip_space(hdr, kend, n) + 1;                 /* past ':' */
-		p = skip_space(hdr, skip_value(hdr, skip_space(hdr, p, n), n), n) + 1; /* past ',' or '}' */
-		if (strcmp(key, METADATA) == 0) {
-			json_t *md = json_object_iter_value(it), *val;
-			const char *mk;
-			bool strings = json_is_object(md);
-			json_object_foreach(md, mk, val) strings &= json_is_string(val);
-			if (!strings) {
-				rc = ck_err_set(e, EIO, "safetensors header offset %zu: " METADATA
-						" is not a map of strings", kstart);
-				break;
-			}
-		} else if ((rc = check_tensor(key, json_object_iter_value(it), kstart, &spans[nspans++], e))) {
-			break;
-		} else if (!(nk = ck_view_key(v, key, klen, &nl))) {
-			rc = ck_err_nomem(e);
-			break;
-		}
-		all[k] = (struct name){.s = nk ? nk : key, .len = nl, .orig = key};
-		if (nk && strcmp(nk, METADATA) == 0) {
-			rc = ck_err_set(e, EIO, "safetensors header offset %zu: tensor '%s' would be named '" METADATA
-					"', which safetensors reserves", kstart, key);
-			break;
-		}
-		HASH_FIND(hh, names, all[k].s, nl, x);
-		if (x) {
-			rc = ck_err_set(e, EIO, "safetensors header offset %zu: tensors '%s' and '%s' would both be named '%.*s'",
-					kstart, x->orig, key, (int)nl, all[k].s);
-			break;
-		}
-		HASH_ADD_KEYPTR(hh, names, all[k].s, nl, &all[k]);
-		if (nk && (nl != klen || memcmp(nk, key, nl) != 0)) {
-			ck_buf_append(out, hdr + from, kstart - from);
-			put_json_string(out, nk, nl);
-			from = kend;
-			*changed = true;
-		}
-	}
+	rc = ck_json_rename_members(&r, hdr, n, strspn(hdr, " \t\n\r"), root, out, &from, changed, e);
 	if (!rc)
-		rc = check_spans(spans, nspans, data_len, e);
-	free(spans);
+		rc = check_spans(c.spans, c.n, data_len, e);
+	free(c.spans);
 	/* the closing brace, without the old padding */
-	size_t end = n;
 	while (end > from && hdr[end - 1] == ' ')
 		end--;
 	ck_buf_append(out, hdr + from, end - from);
-	HASH_ITER(hh, names, x, tmp) HASH_DEL(names, x);
-	for (size_t i = 0; i < count; i++)
-		if (all[i].s != all[i].orig)
-			free((char *)all[i].s);
-	free(all);
 	if (!rc && out->failed)
 		rc = ck_err_nomem(e);
 	return rc;
@@ -263,7 +154,6 @@ int ck_safetensors_layout(const struct ck_src *src, const struct ck_view *v, str
 	uint64_t n;
 	char *text = NULL;
 	json_t *root = NULL;
-	json_error_t jerr;
 	bool changed;
 	int rc = -1;
 
@@ -279,18 +169,9 @@ int ck_safetensors_layout(const struct ck_src *src, const struct ck_view *v, str
 	if (ck_src_read(src, text, n, 8, e))
 		goto out;
 	text[n] = 0;
-	root = json_loadb(text, n, JSON_REJECT_DUPLICATES | JSON_DISABLE_EOF_CHECK, &jerr);
-	if (!root || !json_is_object(root)) {
-		rc = ck_err_set(e, EIO, "safetensors header offset %d: %s", root ? 0 : jerr.position,
-				root ? "not a JSON object" : jerr.text);
-		goto out;
-	}
 	/* past the object only the padding may follow */
-	for (size_t i = (size_t)jerr.position; i < n; i++)
-		if (text[i] != ' ' && text[i] != '\n' && text[i] != '\t' && text[i] != '\r') {
-			rc = ck_err_set(e, EIO, "safetensors header offset %zu: bytes after the JSON object", i);
-			goto out;
-		}
+	if (!(root = ck_json_parse_object(text, n, "safetensors header", e)))
+		goto out;
 	ck_buf_u64le(&hdr, 0); /* length, set below */
 	if (rename_header(text, n, root, src->size - 8 - n, v, &hdr, &changed, e))
 		goto out;
