@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <utlist.h>
 #include "cache.h"
+#include "linkpath.h"
 #include "log.h"
 #include "nodes.h"
 #include "view.h"
@@ -35,6 +36,8 @@ struct ck_fs {
 	struct ck_cache *cache;
 	const struct ck_view *const *views; /* one top-level directory each */
 	size_t nviews;
+	char *roots[2];                     /* the source as link targets name it */
+	size_t nroots;
 	/* Files the kernel holds open: unmounting sends no release for them,
 	 * so the daemon closes what is left when it ends. */
 	pthread_mutex_t open_lock;
@@ -105,6 +108,8 @@ void ck_fs_free(struct ck_fs *fs)
 		close_view_file(fs, of);
 	}
 	pthread_mutex_destroy(&fs->open_lock);
+	for (size_t i = 0; i < fs->nroots; i++)
+		free(fs->roots[i]);
 	ck_nodes_free(fs->nodes);
 	ck_cache_free(fs->cache);
 	free(fs);
@@ -113,6 +118,25 @@ void ck_fs_free(struct ck_fs *fs)
 static struct ck_fs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
+}
+
+int ck_fs_add_source_path(struct ck_fs *fs, const char *path, struct ck_err *e)
+{
+	char cwd[PATH_MAX], *root;
+
+	if (fs->nroots == sizeof(fs->roots) / sizeof(fs->roots[0]))
+		return ck_err_set(e, EINVAL, "%s: at most %zu source paths", path, fs->nroots);
+	if (path[0] != '/' && !getcwd(cwd, sizeof(cwd)))
+		return ck_err_set(e, errno, "%s: %s", path, strerror(errno));
+	if (!(root = ck_link_root(path, path[0] == '/' ? "/" : cwd)))
+		return errno == ENOMEM ? ck_err_nomem(e) : 0; /* with "..": realpath's form covers it */
+	for (size_t i = 0; i < fs->nroots; i++)
+		if (strcmp(fs->roots[i], root) == 0) {
+			free(root);
+			return 0;
+		}
+	fs->roots[fs->nroots++] = root;
+	return 0;
 }
 
 /* How messages name a view file: "plain/a/x.pth". */
@@ -338,26 +362,33 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_attr(req, &attr, TIMEOUT);
 }
 
-/* The raw target: the daemon never follows it, the reader's kernel does,
- * within the mount or out of it as the target says. */
+/* The daemon never follows a link, the reader's kernel does. A target
+ * that is an absolute path into the source becomes the relative path to
+ * the same file in the view (linkpath.h); others stay as written. */
 static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 {
-	char target[PATH_MAX];
+	struct ck_fs *fs = fs_of(req);
+	char target[PATH_MAX], shown[PATH_MAX];
 	struct ck_located loc;
 	ssize_t n = -1;
-	int err = ck_nodes_locate(fs_of(req)->nodes, ino, &loc);
+	int err = ck_nodes_locate(fs->nodes, ino, &loc);
 
 	if (!err) {
 		n = readlinkat(loc.fd, "", target, sizeof(target));
 		err = n < 0 ? -errno : (size_t)n == sizeof(target) ? -ENAMETOOLONG : 0;
 		close(loc.fd);
 	}
+	if (!err) {
+		target[n] = '\0';
+		if (ck_link_in_view(target, loc.path, (const char *const *)fs->roots, fs->nroots, shown,
+				    sizeof(shown)) < 0)
+			err = -ENAMETOOLONG;
+	}
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
-	target[n] = '\0';
-	fuse_reply_readlink(req, target);
+	fuse_reply_readlink(req, shown);
 }
 
 static void close_view_file(struct ck_fs *fs, struct open_file *of)

@@ -20,6 +20,12 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 		       struct ck_err *e);
 void ck_fs_free(struct ck_fs *fs);
 
+/* A path of the source directory (as given, relative to the working
+ * directory, or its realpath): symlinks whose absolute target lies beneath
+ * it are shown relative, inside the view. Up to two; a path with ".." is
+ * ignored (lexically it may name another place). */
+int ck_fs_add_source_path(struct ck_fs *fs, const char *path, struct ck_err *e);
+
 /* Reads come in requests of at most CK_READ_PAGES pages: libfuse 3.14
  * splices a reply only if its per-thread pipe holds it with the header and
  * a page per segment, and without CAP_SYS_RESOURCE a pipe grows only to

@@ -360,6 +360,9 @@ static int cmd_mount(int argc, char **argv)
 	fs = ck_fs_new(root_fd, a.views, a.nviews, a.cache_mb << 20, &e);
 	if (!fs)
 		fail(a.source, e.msg);
+	/* symlinks into the source by absolute path name it either way */
+	if (ck_fs_add_source_path(fs, source_real, &e) || ck_fs_add_source_path(fs, a.source, &e))
+		fail(a.source, e.msg);
 	fuse_set_log_func(log_fuse);
 	se = new_session(&a, source_real, fs);
 	if (!se)
