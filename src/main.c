@@ -69,7 +69,7 @@ static const char help_text[] =
 	"\n"
 	"Extended attributes (getfattr -d -m - PATH):\n"
 	"  user.ckptfs.format  on files in a view: torch-zip, torch-legacy,\n"
-	"                      safetensors, torchscript or other\n"
+	"                      safetensors, shard-index, torchscript or other\n"
 	"  user.ckptfs.error   on a checkpoint that cannot be served: why (opening it\n"
 	"                      fails with EIO; it stays listed with its source size)\n"
 	"  user.ckptfs.builds  on MOUNTPOINT: how many file views were built\n"
