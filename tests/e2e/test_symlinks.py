@@ -1,6 +1,6 @@
 """Issue #10: symlinks through every view.
 
-Training scripts often write `last.pth -> /srv/runs/epoch9.pth`. A link
+Through plain/, ddp/ and a custom view. Training scripts often write `last.pth -> /srv/runs/epoch9.pth`. A link
 whose target is an absolute path into the source directory (as the mount
 was given it, or its real path) is shown as the relative path to the same
 file inside the view, so the reader's kernel follows it to the view's
@@ -17,6 +17,10 @@ import torch.nn as nn
 
 import ckmodels
 import ckref
+
+# every view: the built-in ones and a custom one
+BARE = ckref.custom_view("bare", "model.")
+VIEWS = [ckref.view_of(v) for v in ckref.VIEWS] + [BARE]
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +49,16 @@ def env(tmp_path_factory, mount_module):
     }
     for name, (target, _) in links.items():
         os.symlink(target, os.path.join(real, name))
-    m = mount_module(alias)
+    m = mount_module(alias, opts=[BARE.option()])
     time.sleep(1.1)  # past the entry timeout
     return m, real, links, ckref.loader(real)
 
 
 def test_readlink_in_every_view(env):
     m, _, links, _ = env
-    for view in ckref.VIEWS:
+    for view in VIEWS:
         for name, (target, shown) in links.items():
-            assert os.readlink(m.path(view, name)) == (shown or target), (view, name)
+            assert os.readlink(m.path(view.name, name)) == (shown or target), (view.name, name)
 
 
 @pytest.mark.parametrize("name,file", [("last.pth", "epoch9.pth"), ("last_real.pth", "epoch9.pth"),
@@ -64,16 +68,16 @@ def test_readlink_in_every_view(env):
                                        ("root/sub/bare.pth", "sub/bare.pth")])
 def test_links_into_the_source_stay_in_the_view(env, name, file):
     m, _, _, source = env
-    for view in ckref.VIEWS:
-        p = m.path(view, name)
-        assert os.path.realpath(p) == os.path.realpath(m.path(view, file))
+    for view in VIEWS:
+        p = m.path(view.name, name)
+        assert os.path.realpath(p) == os.path.realpath(m.path(view.name, file))
         ckref.assert_same(ckref.load(p, weights_only=True), ckref.transform(source(file), view))
 
 
 def test_links_that_leave_the_source_stay_as_written(env):
     m, real, links, _ = env
     raw = torch.load(links["out.pth"][0])
-    for view in ckref.VIEWS:
-        ckref.assert_same(ckref.load(m.path(view, "out.pth")), raw)
-        assert os.path.realpath(m.path(view, "dotdot.pth")) == os.path.join(real, "epoch9.pth")
-        assert not os.path.exists(m.path(view, "prefix_only.pth"))
+    for view in VIEWS:
+        ckref.assert_same(ckref.load(m.path(view.name, "out.pth")), raw)
+        assert os.path.realpath(m.path(view.name, "dotdot.pth")) == os.path.join(real, "epoch9.pth")
+        assert not os.path.exists(m.path(view.name, "prefix_only.pth"))
