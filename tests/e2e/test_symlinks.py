@@ -1,6 +1,6 @@
-"""Issue #10: symlinks through every view.
+"""Issue #10: symlinks through every view (plain/, ddp/ and a custom one).
 
-Through plain/, ddp/ and a custom view. Training scripts often write `last.pth -> /srv/runs/epoch9.pth`. A link
+Training scripts often write `last.pth -> /srv/runs/epoch9.pth`. A link
 whose target is an absolute path into the source directory (as the mount
 was given it, or its real path) is shown as the relative path to the same
 file inside the view, so the reader's kernel follows it to the view's
