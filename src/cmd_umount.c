@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "cli.h"
@@ -91,7 +92,7 @@ int cmd_umount(int argc, char **argv)
 	const char *mountpoint = argv[optind];
 	char path[PATH_MAX];
 	struct ck_mountinfo mi;
-	struct stat st;
+	struct statfs sf;
 
 	absolute_path(mountpoint, path);
 	if (!ck_mountinfo_find(path, &mi))
@@ -101,7 +102,8 @@ int cmd_umount(int argc, char **argv)
 		snprintf(why, sizeof(why), "not a ckptfs mount (a %s file system); refused", mi.fstype);
 		cli_fail(mountpoint, why);
 	}
-	if (stat(path, &st) && errno == ENOTCONN) {
+	/* statfs always reaches the daemon: no cache answers it */
+	if (statfs(path, &sf) && errno == ENOTCONN) {
 		ck_log(LOG_WARNING, "%s: the daemon of this mount is gone; detaching it (files still open on it "
 				    "fail with ENOTCONN until closed)", mountpoint);
 		lazy = true;
