@@ -220,18 +220,6 @@ def test_df_reports_the_source(dirs, tmp_path):
     assert got.f_bfree > 0
 
 
-def test_df_command_matches(dirs, tmp_path):
-    src, mnt = dirs
-    m = Mount(src, mnt, str(tmp_path / "log")).start()
-    try:
-        r = subprocess.run(["df", "-B1", "--output=size,itotal", src, mnt], capture_output=True, text=True,
-                           check=True)
-    finally:
-        m.stop()
-    rows = [ln.split() for ln in r.stdout.strip().splitlines()[1:]]
-    assert rows[0] == rows[1], r.stdout
-
-
 def test_sd_notify_ready_once_the_mount_answers(dirs, tmp_path):
     """Type=notify: READY=1 on NOTIFY_SOCKET once the file system answers;
     STOPPING=1 when it stops."""
