@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -18,7 +19,7 @@
 
 /* One daemon per process. */
 static int report_fd = -1; /* the child's end of the pipe to the waiting parent */
-static atomic_bool ready;
+static atomic_bool ready, stopping;
 static char watched[PATH_MAX];
 
 /* The parent: exits 0 once the child reports ready, else with its status. */
@@ -81,13 +82,19 @@ static void detach(void)
 
 static void *watch(void *arg)
 {
-	struct stat st;
+	struct statfs st;
 
-	/* the kernel sends this only after INIT, so an answer means the mount works */
-	if (stat(watched, &st)) {
+	/* The kernel sends STATFS only after INIT and caches nothing of it, so
+	 * an answer comes from the daemon (a stat may be answered from the root
+	 * inode's start-up attributes). */
+	if (statfs(watched, &st)) {
+		/* INIT refused: libfuse ends the loop, cmd_mount unmounts, exit 1 */
 		ck_log(LOG_ERR, "%s: the file system does not answer: %s", watched, strerror(errno));
 		return NULL;
 	}
+	/* set before the unmount: an answer after it came from the directory below */
+	if (atomic_load(&stopping))
+		return NULL;
 	atomic_store(&ready, true);
 	sd_notify(0, "READY=1");
 	if (report_fd >= 0) {
@@ -118,5 +125,6 @@ bool ck_daemon_was_ready(void)
 
 void ck_daemon_stopping(void)
 {
+	atomic_store(&stopping, true);
 	sd_notify(0, "STOPPING=1");
 }

@@ -12,7 +12,7 @@
  * returns is the daemon. */
 void ck_daemon_start(bool background);
 
-/* Starts a thread that stats mountpoint (an absolute path, mounted) and,
+/* Starts a thread that asks mountpoint for statfs (an absolute path, mounted) and,
  * once the file system answers, reports ready; in the background it then
  * leaves the terminal (stdio to /dev/null, log to syslog). 0 or an errno. */
 int ck_daemon_watch(const char *mountpoint);
@@ -20,7 +20,8 @@ int ck_daemon_watch(const char *mountpoint);
 /* Whether the file system answered; a daemon that ends before that failed. */
 bool ck_daemon_was_ready(void);
 
-/* Tells systemd the daemon is stopping. */
+/* The loop has ended, the unmount follows: never ready from now on; tells
+ * systemd the daemon is stopping. */
 void ck_daemon_stopping(void);
 
 #endif
