@@ -10,7 +10,7 @@ set -euo pipefail
 
 PACKAGES=(
 	build-essential autoconf automake pkg-config
-	libfuse3-dev fuse3 libzip-dev zlib1g-dev uthash-dev libjansson-dev
+	libfuse3-dev fuse3 libzip-dev zlib1g-dev uthash-dev libjansson-dev libsystemd-dev mandoc
 	python3-torch python3-pytest python3-numpy unzip
 	clang libclang-rt-14-dev
 )

@@ -3,6 +3,7 @@
 #ifndef CKPTFS_FORMAT_H
 #define CKPTFS_FORMAT_H
 
+#include "describe.h"
 #include "layout.h"
 #include "source.h"
 #include "view.h"
@@ -22,5 +23,11 @@ const char *ck_format_name(enum ck_format f);
  * unchanged) and *fmt, or -1 with e set (the file cannot be served). */
 int ck_view_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
 		   enum ck_format *fmt, struct ck_err *e);
+
+/* Detects the format as ck_view_layout does and reports the state dicts
+ * its reader finds to fn. *protocol: the pickle protocol, -1 when the
+ * format has no pickle (safetensors, other). */
+int ck_format_describe(const struct ck_src *src, enum ck_format *fmt, int *protocol, ck_found_fn fn, void *ctx,
+		       struct ck_err *e);
 
 #endif

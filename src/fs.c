@@ -718,7 +718,7 @@ static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_err(req, errno);
 		return;
 	}
-	sv.f_bfree = sv.f_bavail = 0; /* nothing can be written here */
+	/* df shows the source's figures: the views take no space of their own */
 	fuse_reply_statfs(req, &sv);
 }
 

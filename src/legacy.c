@@ -51,6 +51,20 @@ static int read_pickle(const struct ck_src *s, uint64_t off, uint8_t **buf, size
 	}
 }
 
+/* Skips the pickles before the object's; reads the object pickle at *off. */
+static int object_pickle(const struct ck_src *src, uint64_t *off, uint8_t **buf, size_t *len, struct ck_err *e)
+{
+	*off = 0;
+	for (int i = 0; i < PICKLES_BEFORE_OBJECT; i++) {
+		if (read_pickle(src, *off, buf, len, e))
+			return -1;
+		free(*buf);
+		*buf = NULL;
+		*off += *len;
+	}
+	return read_pickle(src, *off, buf, len, e);
+}
+
 int ck_legacy_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out, struct ck_err *e)
 {
 	struct ck_layout_builder lb = {0};
@@ -61,14 +75,7 @@ int ck_legacy_layout(const struct ck_src *src, const struct ck_view *v, struct c
 	int rc = -1;
 
 	*out = NULL;
-	for (int i = 0; i < PICKLES_BEFORE_OBJECT; i++) {
-		if (read_pickle(src, off, &buf, &len, e))
-			goto out;
-		free(buf);
-		buf = NULL;
-		off += len;
-	}
-	if (read_pickle(src, off, &buf, &len, e))
+	if (object_pickle(src, &off, &buf, &len, e))
 		goto out;
 	switch (ck_pickle_rewrite(buf, len, v, &pkl, e)) {
 	case CK_PICKLE_ERROR:
@@ -88,5 +95,18 @@ int ck_legacy_layout(const struct ck_src *src, const struct ck_view *v, struct c
 out:
 	free(buf);
 	ck_buf_free(&pkl);
+	return rc;
+}
+
+int ck_legacy_describe(const struct ck_src *src, int *protocol, ck_found_fn fn, void *ctx, struct ck_err *e)
+{
+	uint64_t off = 0;
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	int rc = object_pickle(src, &off, &buf, &len, e);
+
+	if (!rc && (rc = ck_pickle_describe(buf, len, protocol, fn, ctx, e)))
+		ck_err_context(e, "object pickle at file offset %llu: ", (unsigned long long)off);
+	free(buf);
 	return rc;
 }

@@ -7,6 +7,7 @@
 #define CKPTFS_LEGACY_H
 
 #include <stdbool.h>
+#include "describe.h"
 #include "layout.h"
 #include "source.h"
 #include "view.h"
@@ -16,5 +17,8 @@ bool ck_legacy_detect(const uint8_t *head, size_t n);
 
 /* Builds the view layout (*out NULL: the source unchanged), or -1 with e set. */
 int ck_legacy_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out, struct ck_err *e);
+
+/* Reports the object pickle's state dicts to fn (ck_pickle_describe). */
+int ck_legacy_describe(const struct ck_src *src, int *protocol, ck_found_fn fn, void *ctx, struct ck_err *e);
 
 #endif

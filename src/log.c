@@ -1,11 +1,13 @@
 #include <config.h>
 #include "log.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 
-/* Set once, before any other thread exists, so it needs no lock. */
-static bool use_syslog;
+/* Set once; a daemon in the background sets it from the thread that sees
+ * the mount answer, while others may log. */
+static atomic_bool use_syslog;
 
 void ck_log_to_syslog(void)
 {

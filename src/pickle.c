@@ -1121,3 +1121,102 @@ out:
 	machine_free(&m);
 	return r;
 }
+
+/* ---- describing (for tools: ckptfs inspect) ------------------------------ */
+
+/* A breadth-first walk from the top object; each node knows its parent, so
+ * a state dict's path is read back from it. */
+struct walk_node {
+	uint32_t obj, parent;
+	struct ck_path_step step;
+};
+
+static int report_state_dict(struct machine *m, const struct walk_node *nodes, uint32_t at, ck_found_fn fn,
+			     void *ctx)
+{
+	const struct dict *d = &m->dicts[m->objs[nodes[at].obj].a];
+	struct ck_str *keys = calloc(d->n ? d->n : 1, sizeof(*keys));
+	struct ck_path_step *path = NULL;
+	size_t depth = 0;
+	int rc;
+
+	for (uint32_t k = at; k != 0; k = nodes[k].parent)
+		depth++;
+	path = calloc(depth ? depth : 1, sizeof(*path));
+	if (!keys || !path) {
+		rc = ck_err_nomem(m->e);
+		goto out;
+	}
+	for (uint32_t k = at, i = (uint32_t)depth; k != 0; k = nodes[k].parent)
+		path[--i] = nodes[k].step;
+	for (uint32_t k = 0; k < d->n; k++) {
+		const struct obj *key = &m->objs[d->items[k].key];
+		if (key->kind == K_STR)
+			keys[k] = (struct ck_str){(const char *)m->in + key->a, key->b};
+	}
+	rc = fn(ctx, &(struct ck_found_sd){.path = path, .depth = depth, .keys = keys, .nkeys = d->n,
+					   .has_metadata = d->meta != NONE_ID}, m->e);
+out:
+	free(keys);
+	free(path);
+	return rc;
+}
+
+static int walk_to(struct machine *m, struct walk_node **nodes, uint32_t *n, uint32_t *cap, uint8_t *seen,
+		   uint32_t obj, uint32_t parent, struct ck_path_step step)
+{
+	if (seen[obj])
+		return 0;
+	seen[obj] = 1;
+	if (grow((void **)nodes, cap, *n, sizeof(**nodes)))
+		return ck_err_nomem(m->e);
+	(*nodes)[(*n)++] = (struct walk_node){obj, parent, step};
+	return 0;
+}
+
+static int report_state_dicts(struct machine *m, uint32_t root, ck_found_fn fn, void *ctx)
+{
+	struct walk_node *nodes = NULL;
+	uint32_t n = 0, cap = 0;
+	uint8_t *seen = calloc(m->nobjs ? m->nobjs : 1, 1);
+	int rc = seen ? walk_to(m, &nodes, &n, &cap, seen, root, UINT32_MAX, (struct ck_path_step){.index = -1})
+		      : ck_err_nomem(m->e);
+
+	for (uint32_t at = 0; at < n && !rc; at++) {
+		const struct obj *o = &m->objs[nodes[at].obj];
+
+		if (o->kind == K_DICT && (o->flags & F_STATE_DICT)) {
+			rc = report_state_dict(m, nodes, at, fn, ctx);
+		} else if (o->kind == K_SEQ) {
+			int64_t i = 0;
+			for (uint32_t k = m->seqs[o->a].first; k && !rc; k = m->kids[k - 1].next)
+				rc = walk_to(m, &nodes, &n, &cap, seen, m->kids[k - 1].obj, at,
+					     (struct ck_path_step){.index = i++});
+		} else if (o->kind == K_DICT) {
+			const struct dict *d = &m->dicts[o->a];
+			for (uint32_t k = 0; k < d->n && !rc; k++) {
+				const struct obj *key = &m->objs[d->items[k].key];
+				struct ck_path_step step = {.index = -1};
+				if (key->kind == K_STR)
+					step.key = (struct ck_str){(const char *)m->in + key->a, key->b};
+				rc = walk_to(m, &nodes, &n, &cap, seen, d->items[k].val, at, step);
+			}
+		}
+	}
+	free(seen);
+	big_free(nodes, (size_t)cap * sizeof(*nodes));
+	return rc;
+}
+
+int ck_pickle_describe(const uint8_t *in, size_t n, int *protocol, ck_found_fn fn, void *ctx,
+		       struct ck_err *e)
+{
+	struct machine m = {.in = in, .n = n, .e = e};
+	int rc = -1;
+
+	*protocol = n >= 2 && in[0] == 0x80 ? in[1] : 0;
+	if (!tokenize(&m) && !run(&m) && !find_state_dicts(&m, m.stack[m.sp - 1].obj))
+		rc = report_state_dicts(&m, m.stack[m.sp - 1].obj, fn, ctx);
+	machine_free(&m);
+	return rc;
+}

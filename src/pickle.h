@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "buf.h"
+#include "describe.h"
 #include "err.h"
 #include "view.h"
 
@@ -29,5 +30,11 @@ size_t ck_pickle_span(const uint8_t *in, size_t n, bool *short_input, struct ck_
 
 enum ck_pickle_result ck_pickle_rewrite(const uint8_t *in, size_t n, const struct ck_view *v,
 					struct ck_buf *out, struct ck_err *e);
+
+/* Parses the pickle as ck_pickle_rewrite does and reports each state dict
+ * it would rename to fn, with its path from the top object. *protocol is
+ * the PROTO opcode's version, 0 when there is none (protocol 0 or 1). */
+int ck_pickle_describe(const uint8_t *in, size_t n, int *protocol, ck_found_fn fn, void *ctx,
+		       struct ck_err *e);
 
 #endif

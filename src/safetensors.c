@@ -145,32 +145,41 @@ static int rename_header(const char *hdr, size_t n, json_t *root, uint64_t data_
 	return rc;
 }
 
+/* Reads and parses the header: *text (n bytes, owned by the caller) and its
+ * JSON object *root. */
+static int load_header(const struct ck_src *src, char **text, uint64_t *n, json_t **root, struct ck_err *e)
+{
+	uint8_t len8[8];
+
+	*text = NULL;
+	*root = NULL;
+	if (ck_src_read(src, len8, sizeof(len8), 0, e))
+		return -1;
+	*n = ck_le64(len8);
+	if (*n > CK_SAFETENSORS_MAX_HEADER || *n > src->size - 8)
+		return ck_err_set(e, EIO, "safetensors offset 0: header length %llu does not fit the file",
+				  (unsigned long long)*n);
+	if (!(*text = malloc(*n + 1)))
+		return ck_err_nomem(e);
+	if (ck_src_read(src, *text, *n, 8, e))
+		return -1;
+	(*text)[*n] = 0;
+	return (*root = ck_json_parse_object(*text, *n, "safetensors header", e)) ? 0 : -1;
+}
+
 int ck_safetensors_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
 			  struct ck_err *e)
 {
 	struct ck_layout_builder lb = {0};
 	struct ck_buf hdr = {0};
-	uint8_t len8[8];
-	uint64_t n;
+	uint64_t n = 0;
 	char *text = NULL;
 	json_t *root = NULL;
 	bool changed;
 	int rc = -1;
 
 	*out = NULL;
-	if (ck_src_read(src, len8, sizeof(len8), 0, e))
-		return -1;
-	n = ck_le64(len8);
-	if (n > CK_SAFETENSORS_MAX_HEADER || n > src->size - 8)
-		return ck_err_set(e, EIO, "safetensors offset 0: header length %llu does not fit the file",
-				  (unsigned long long)n);
-	if (!(text = malloc(n + 1)))
-		return ck_err_nomem(e);
-	if (ck_src_read(src, text, n, 8, e))
-		goto out;
-	text[n] = 0;
-	/* past the object only the padding may follow */
-	if (!(root = ck_json_parse_object(text, n, "safetensors header", e)))
+	if (load_header(src, &text, &n, &root, e))
 		goto out;
 	ck_buf_u64le(&hdr, 0); /* length, set below */
 	if (rename_header(text, n, root, src->size - 8 - n, v, &hdr, &changed, e))
@@ -193,5 +202,29 @@ out:
 	json_decref(root);
 	free(text);
 	ck_buf_free(&hdr);
+	return rc;
+}
+
+int ck_safetensors_describe(const struct ck_src *src, ck_found_fn fn, void *ctx, struct ck_err *e)
+{
+	uint64_t n = 0;
+	char *text = NULL;
+	json_t *root = NULL, *val;
+	struct ck_str *keys = NULL;
+	size_t nkeys = 0;
+	const char *key;
+	int rc = load_header(src, &text, &n, &root, e);
+
+	if (!rc && !(keys = calloc(json_object_size(root) + 1, sizeof(*keys))))
+		rc = ck_err_nomem(e);
+	if (!rc) {
+		json_object_foreach(root, key, val)
+			if (strcmp(key, METADATA) != 0)
+				keys[nkeys++] = (struct ck_str){key, strlen(key)};
+		rc = fn(ctx, &(struct ck_found_sd){.keys = keys, .nkeys = nkeys}, e);
+	}
+	free(keys);
+	json_decref(root);
+	free(text);
 	return rc;
 }

@@ -6,6 +6,7 @@
 #define CKPTFS_SAFETENSORS_H
 
 #include <stdbool.h>
+#include "describe.h"
 #include "layout.h"
 #include "source.h"
 #include "view.h"
@@ -18,5 +19,8 @@ bool ck_safetensors_detect(const uint8_t *head, size_t n, uint64_t file_size);
 
 int ck_safetensors_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
 			  struct ck_err *e);
+
+/* Reports the tensor names, in header order, as one state dict at the top. */
+int ck_safetensors_describe(const struct ck_src *src, ck_found_fn fn, void *ctx, struct ck_err *e);
 
 #endif

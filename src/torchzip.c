@@ -513,6 +513,29 @@ static int relayout(struct archive *a, const struct entry *pkl_ent, const struct
 	return *out ? 0 : -1;
 }
 
+/* Reads the archive and, for a checkpoint, data.pkl's bytes (*orig, owned
+ * by the caller) and where its data ends. */
+static int load_checkpoint(struct archive *a, const struct entry **pkl_ent, uint8_t **orig, uint64_t *data_end,
+			   enum ck_zip_kind *kind)
+{
+	uint64_t n_entries = 0;
+
+	*kind = CK_ZIP_NOT_TORCH;
+	if (read_end(a, &n_entries) || read_central(a, n_entries))
+		return -1;
+	*kind = classify(a, pkl_ent);
+	if (*kind != CK_ZIP_CHECKPOINT)
+		return 0;
+	return read_pickle(a, *pkl_ent, orig, data_end);
+}
+
+/* Names the record whose pickle the error was found in. */
+static void pickle_context(struct archive *a, const struct entry *pkl_ent, uint64_t data_end)
+{
+	ck_err_context(a->e, "%.*s (data at file offset %llu%s): ", (int)pkl_ent->name_len, pkl_ent->name,
+		       (unsigned long long)(data_end - pkl_ent->csize), ck_le16(pkl_ent->hdr + 10) ? ", deflated" : "");
+}
+
 int ck_torchzip_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
 		       enum ck_zip_kind *kind, struct ck_err *e)
 {
@@ -520,25 +543,21 @@ int ck_torchzip_layout(const struct ck_src *src, const struct ck_view *v, struct
 	const struct entry *pkl_ent = NULL;
 	struct ck_buf pkl = {0};
 	uint8_t *orig = NULL;
-	uint64_t n_entries = 0, data_end = 0, old_end = 0;
+	uint64_t data_end = 0, old_end = 0;
 	int rc = -1;
 
 	*out = NULL;
-	*kind = CK_ZIP_NOT_TORCH;
-	if (read_end(&a, &n_entries) || read_central(&a, n_entries))
+	if (load_checkpoint(&a, &pkl_ent, &orig, &data_end, kind))
 		goto out;
-	*kind = classify(&a, &pkl_ent);
 	if (*kind != CK_ZIP_CHECKPOINT) {
 		rc = 0;
 		goto out;
 	}
-	if (read_pickle(&a, pkl_ent, &orig, &data_end) || record_end(&a, pkl_ent, data_end, &old_end))
+	if (record_end(&a, pkl_ent, data_end, &old_end))
 		goto out;
 	switch (ck_pickle_rewrite(orig, pkl_ent->usize, v, &pkl, e)) {
 	case CK_PICKLE_ERROR:
-		ck_err_context(e, "%.*s (data at file offset %llu%s): ", (int)pkl_ent->name_len, pkl_ent->name,
-			       (unsigned long long)(data_end - pkl_ent->csize),
-			       ck_le16(pkl_ent->hdr + 10) ? ", deflated" : "");
+		pickle_context(&a, pkl_ent, data_end);
 		goto out;
 	case CK_PICKLE_UNCHANGED:
 		rc = 0;
@@ -549,6 +568,22 @@ int ck_torchzip_layout(const struct ck_src *src, const struct ck_view *v, struct
 out:
 	free(orig);
 	ck_buf_free(&pkl);
+	archive_free(&a);
+	return rc;
+}
+
+int ck_torchzip_describe(const struct ck_src *src, enum ck_zip_kind *kind, int *protocol, ck_found_fn fn,
+			 void *ctx, struct ck_err *e)
+{
+	struct archive a = {.src = src, .e = e};
+	const struct entry *pkl_ent = NULL;
+	uint8_t *orig = NULL;
+	uint64_t data_end = 0;
+	int rc = load_checkpoint(&a, &pkl_ent, &orig, &data_end, kind);
+
+	if (!rc && *kind == CK_ZIP_CHECKPOINT && (rc = ck_pickle_describe(orig, pkl_ent->usize, protocol, fn, ctx, e)))
+		pickle_context(&a, pkl_ent, data_end);
+	free(orig);
 	archive_free(&a);
 	return rc;
 }

@@ -4,6 +4,7 @@
 #ifndef CKPTFS_TORCHZIP_H
 #define CKPTFS_TORCHZIP_H
 
+#include "describe.h"
 #include "layout.h"
 #include "source.h"
 #include "view.h"
@@ -22,5 +23,10 @@ enum ck_zip_kind {
  * the source unchanged) and *kind, or -1 with e set. */
 int ck_torchzip_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
 		       enum ck_zip_kind *kind, struct ck_err *e);
+
+/* Reads the archive as ck_torchzip_layout does and, for a checkpoint,
+ * reports data.pkl's state dicts to fn (ck_pickle_describe). */
+int ck_torchzip_describe(const struct ck_src *src, enum ck_zip_kind *kind, int *protocol, ck_found_fn fn,
+			 void *ctx, struct ck_err *e);
 
 #endif
