@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include "fs.h"
 #include "log.h"
+#include "sandbox.h"
 
 #define DEFAULT_CACHE_MB 256
 #define STRINGIFY(x) #x
@@ -63,6 +64,9 @@ static const char help_text[] =
 	"                  add= PREFIX; each PREFIX ends with '.'. Repeatable, up to\n"
 	"                  13 views. E.g. view=bare:strip=model. (Lightning),\n"
 	"                  view=peft:strip=base_model.model.\n"
+	"  -o nosandbox    serve without the confinement the daemon enters once the\n"
+	"                  mount is up (a system-call filter, capabilities dropped);\n"
+	"                  for debugging (gdb, strace -f)\n"
 	"\n"
 	"Other options:\n"
 	"  -h, --help      show this help and exit\n"
@@ -100,7 +104,7 @@ static void fail(const char *what, const char *why)
 #define MAX_VIEWS 15 /* node ids keep 4 bits for the view */
 
 struct mount_args {
-	bool foreground, debug;
+	bool foreground, debug, nosandbox;
 	size_t cache_mb;
 	struct ck_view custom[MAX_VIEWS];  /* -o view=... */
 	const struct ck_view *views[MAX_VIEWS];
@@ -147,6 +151,8 @@ static void parse_options(struct mount_args *a, char *list)
 			a->cache_mb = parse_cache_mb(opt + 9);
 		else if (strncmp(opt, "view=", 5) == 0)
 			add_view(a, opt + 5);
+		else if (strcmp(opt, "nosandbox") == 0)
+			a->nosandbox = true;
 		else if ((size_t)snprintf(a->fuse_options + used, sizeof(a->fuse_options) - used,
 					  "%s%s", used ? "," : "", opt) >= sizeof(a->fuse_options) - used)
 			usage_error("-o: options too long");
@@ -349,6 +355,7 @@ static int cmd_mount(int argc, char **argv)
 	struct mount_args a;
 	char source_real[PATH_MAX], mountpoint_real[PATH_MAX];
 	struct fuse_session *se;
+	struct ck_sandbox sb = {0};
 	struct ck_fs *fs;
 	struct ck_err e;
 	int root_fd, rc;
@@ -377,9 +384,16 @@ static int cmd_mount(int argc, char **argv)
 	}
 	if (!a.foreground)
 		ck_log_to_syslog();
+	if (!a.nosandbox && ck_sandbox_enter(&sb, mountpoint_real, &e)) {
+		fuse_session_unmount(se);
+		fail(a.source, e.msg);
+	}
 	rc = serve(se);
 	fuse_remove_signal_handlers(se);
-	fuse_session_unmount(se);
+	if (sb.active)
+		ck_sandbox_unmount(&sb, fuse_session_fd(se));
+	else
+		fuse_session_unmount(se);
 	fuse_session_destroy(se);
 	ck_fs_free(fs);
 	for (size_t i = 0; i < MAX_VIEWS; i++)

@@ -1,0 +1,343 @@
+#include <config.h>
+#include "sandbox.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <grp.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <poll.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+#include <linux/fs.h>
+#include <linux/fuse.h>
+#include "log.h"
+
+/* Sanitizer runtimes stop the world with ptrace from a clone()d tracer
+ * (LeakSanitizer at exit) and tune themselves with prctl. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifndef SANITIZED
+#define SANITIZED 0
+#endif
+
+/* What the daemon's threads may do after the mount: every call the
+ * serving paths make, with a reason; a condition narrows a call to the
+ * argument values those paths use ((arg & mask) == value). */
+enum verdict { ALLOW, KILL, NOSYS };
+struct rule {
+	const char *name;
+	enum verdict verdict;
+	int arg;  /* -1: whatever the arguments */
+	uint64_t mask, value;
+};
+
+#define ANY(name) {name, ALLOW, -1, 0, 0}
+#define IF(name, arg, mask, value) {name, ALLOW, arg, mask, value}
+#define IS(name, arg, value) {name, ALLOW, arg, UINT64_MAX, value}
+#define NEVER(name) {name, KILL, -1, 0, 0}
+
+/* Opens for reading only (O_RDWR stays: libfuse clones /dev/fuse per
+ * thread): no file is created, truncated or written through a new fd. */
+#define OPEN_WRITES (O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | (O_TMPFILE & ~O_DIRECTORY))
+
+static const struct rule rules[] = {
+	/* reading the source: by descriptor, by /proc/self/fd, by handle */
+	IF("openat", 2, OPEN_WRITES, 0), IF("open", 1, OPEN_WRITES, 0),
+	/* openat2's flags are out of the filter's reach: nodes.c then walks
+	 * the path one openat per component */
+	{"openat2", NOSYS, -1, 0, 0},
+	ANY("read"), ANY("pread64"), ANY("readv"), ANY("preadv"), ANY("preadv2"), ANY("lseek"),
+	ANY("close"), ANY("close_range"), ANY("dup"), ANY("dup2"), ANY("dup3"), ANY("fcntl"),
+	ANY("fstat"), ANY("newfstatat"), ANY("stat"), ANY("lstat"), ANY("statx"),
+	ANY("statfs"), ANY("fstatfs"), ANY("getdents64"), ANY("getdents"),
+	ANY("readlink"), ANY("readlinkat"), ANY("access"), ANY("faccessat"), ANY("faccessat2"),
+	ANY("getxattr"), ANY("lgetxattr"), ANY("fgetxattr"),
+	ANY("listxattr"), ANY("llistxattr"), ANY("flistxattr"),
+	ANY("name_to_handle_at"), ANY("open_by_handle_at"), ANY("fadvise64"), ANY("readahead"),
+	ANY("getcwd"), ANY("fchdir"), ANY("chdir"), ANY("umask"),
+	/* changes of the source: watches */
+	ANY("inotify_init1"), ANY("inotify_add_watch"), ANY("inotify_rm_watch"),
+	ANY("fanotify_init"), ANY("fanotify_mark"),
+	/* ioctls: clone of /dev/fuse per thread, file versions, isatty() of stdio */
+	IS("ioctl", 1, FUSE_DEV_IOC_CLONE), IS("ioctl", 1, FS_IOC_GETVERSION),
+	IS("ioctl", 1, FS_IOC_GETFLAGS), IS("ioctl", 1, FIONREAD), IS("ioctl", 1, TCGETS),
+	IS("ioctl", 1, FIOCLEX), IS("ioctl", 1, FIONCLEX),
+	/* replies and notifications to /dev/fuse, zero-copy through pipes, the log on stderr */
+	ANY("write"), ANY("writev"), ANY("pwrite64"), ANY("pwritev"),
+	ANY("splice"), ANY("vmsplice"), ANY("tee"), ANY("pipe"), ANY("pipe2"),
+	ANY("poll"), ANY("ppoll"), ANY("select"), ANY("pselect6"), ANY("eventfd2"),
+	ANY("epoll_create1"), ANY("epoll_ctl"), ANY("epoll_wait"), ANY("epoll_pwait"),
+	ANY("epoll_pwait2"),
+	/* unix sockets only: syslog, sd_notify, handing /dev/fuse to a restarted daemon */
+	IS("socket", 0, AF_UNIX), IS("socketpair", 0, AF_UNIX), ANY("connect"), ANY("bind"),
+	ANY("listen"), ANY("accept"), ANY("accept4"), ANY("sendto"), ANY("sendmsg"),
+	ANY("recvfrom"), ANY("recvmsg"), ANY("shutdown"), ANY("getsockopt"), ANY("setsockopt"),
+	ANY("getsockname"), ANY("getpeername"),
+	/* memory, never executable: no new code can be mapped */
+	IF("mmap", 2, PROT_EXEC, 0), IF("mprotect", 2, PROT_EXEC, 0),
+	ANY("munmap"), ANY("mremap"), ANY("madvise"), ANY("brk"), ANY("membarrier"),
+	/* threads (worker threads of the FUSE loop; clone only for threads:
+	 * clone3's flags are out of the filter's reach, glibc falls back) */
+	IF("clone", 0, CLONE_THREAD, CLONE_THREAD), {"clone3", NOSYS, -1, 0, 0},
+	ANY("futex"), ANY("set_robust_list"), ANY("get_robust_list"), ANY("rseq"),
+	ANY("set_tid_address"), ANY("gettid"), ANY("getpid"), ANY("getppid"), ANY("tgkill"),
+	ANY("sched_yield"), ANY("sched_getaffinity"), ANY("exit"), ANY("exit_group"),
+	ANY("wait4"), ANY("restart_syscall"),
+	IS("prctl", 0, PR_SET_NAME), IS("prctl", 0, PR_GET_NAME),
+	/* signals: SIGTERM/SIGINT/SIGHUP end the loop */
+	ANY("rt_sigaction"), ANY("rt_sigprocmask"), ANY("rt_sigreturn"), ANY("sigaltstack"),
+	ANY("rt_sigtimedwait"),
+	/* time, randomness, identity, limits (descriptors raised to the hard limit) */
+	ANY("clock_gettime"), ANY("clock_getres"), ANY("gettimeofday"), ANY("time"),
+	ANY("nanosleep"), ANY("clock_nanosleep"), ANY("getrandom"), ANY("uname"), ANY("sysinfo"),
+	ANY("getuid"), ANY("geteuid"), ANY("getgid"), ANY("getegid"), ANY("getgroups"),
+	ANY("getresuid"), ANY("getresgid"), ANY("capget"),
+	ANY("getrlimit"), ANY("setrlimit"), ANY("prlimit64"), ANY("getrusage"),
+
+	/* Never, and a try is proof of compromise: the process is killed. */
+	NEVER("execve"), NEVER("execveat"),                 /* new code */
+	NEVER("ptrace"), NEVER("process_vm_readv"), NEVER("process_vm_writev"),
+	NEVER("mount"), NEVER("umount2"), NEVER("fsopen"), NEVER("fsmount"), NEVER("fsconfig"),
+	NEVER("move_mount"), NEVER("open_tree"), NEVER("pivot_root"), NEVER("chroot"),
+	NEVER("unshare"), NEVER("setns"),
+	NEVER("kexec_load"), NEVER("kexec_file_load"), NEVER("init_module"),
+	NEVER("finit_module"), NEVER("delete_module"), NEVER("bpf"), NEVER("perf_event_open"),
+	NEVER("userfaultfd"), NEVER("iopl"), NEVER("ioperm"), NEVER("reboot"),
+	NEVER("setuid"), NEVER("setgid"), NEVER("setreuid"), NEVER("setregid"),
+	NEVER("setresuid"), NEVER("setresgid"), NEVER("setfsuid"), NEVER("setfsgid"),
+	NEVER("setgroups"), NEVER("capset"),
+	NEVER("keyctl"), NEVER("add_key"), NEVER("request_key"),
+};
+
+/* What sanitizer runtimes need besides (see SANITIZED). */
+static const struct rule sanitizer_rules[] = {
+	ANY("ptrace"), ANY("clone"), ANY("prctl"),
+};
+
+static int add_rule(scmp_filter_ctx ctx, const struct rule *r, struct ck_err *e)
+{
+	int nr = seccomp_syscall_resolve_name(r->name);
+	uint32_t action = r->verdict == ALLOW ? SCMP_ACT_ALLOW
+			: r->verdict == NOSYS ? SCMP_ACT_ERRNO(ENOSYS) : SCMP_ACT_KILL_PROCESS;
+	int rc;
+
+	if (nr == __NR_SCMP_ERROR)
+		return 0; /* not a system call of this architecture */
+	if (r->arg < 0)
+		rc = seccomp_rule_add(ctx, action, nr, 0);
+	else
+		rc = seccomp_rule_add(ctx, action, nr, 1,
+				      SCMP_CMP((unsigned)r->arg, SCMP_CMP_MASKED_EQ, r->mask, r->value));
+	return rc ? ck_err_set(e, -rc, "seccomp rule for %s: %s", r->name, strerror(-rc)) : 0;
+}
+
+/* Anything not listed fails with EPERM (a call some path was not known
+ * to need degrades that path, with an error, rather than the mount); the
+ * kernel logs every refusal. TSYNC: threads started before are covered. */
+static int load_filter(struct ck_err *e)
+{
+	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ERRNO(EPERM));
+	size_t i;
+	int rc = 0;
+
+	if (!ctx)
+		return ck_err_set(e, ENOMEM, "seccomp: %s", strerror(ENOMEM));
+	if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_LOG, 1)) ||
+	    (rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1))) {
+		seccomp_release(ctx);
+		return ck_err_set(e, -rc, "seccomp attributes: %s", strerror(-rc));
+	}
+	for (i = 0; SANITIZED && !rc && i < sizeof(sanitizer_rules) / sizeof(sanitizer_rules[0]); i++)
+		rc = add_rule(ctx, &sanitizer_rules[i], e);
+	for (i = 0; !rc && i < sizeof(rules) / sizeof(rules[0]); i++)
+		if (!SANITIZED || (strcmp(rules[i].name, "ptrace") && strcmp(rules[i].name, "clone") &&
+				   strcmp(rules[i].name, "prctl")))
+			rc = add_rule(ctx, &rules[i], e);
+	if (!rc && (rc = seccomp_load(ctx)))
+		ck_err_set(e, -rc, "seccomp: loading the filter: %s", strerror(-rc));
+	seccomp_release(ctx);
+	return rc ? -1 : 0;
+}
+
+/* The capabilities serving needs; the rest leave every set, bounding and
+ * ambient ones included, so not even an exec could get them back. */
+static const int kept_caps[] = {
+	CAP_DAC_READ_SEARCH, /* read every source file and directory, open_by_handle_at */
+	CAP_SYS_RESOURCE,    /* pipes for splice beyond the per-user pipe budget */
+	CAP_SYS_ADMIN,       /* fanotify watches of the source (mount & co. are filtered) */
+};
+
+static bool kept(int cap)
+{
+	for (size_t i = 0; i < sizeof(kept_caps) / sizeof(kept_caps[0]); i++)
+		if (kept_caps[i] == cap)
+			return true;
+	return false;
+}
+
+/* Root's files (and root group's) are no longer the daemon's own: it acts
+ * as the kernel's overflow user, its real and saved ids stay root so that
+ * user's processes may not signal or trace it. Set before its capabilities
+ * go, and they are raised again after: the change clears the effective set. */
+#define SANDBOX_UID 65534
+#define SANDBOX_GID 65534
+
+static int leave_root(struct ck_err *e)
+{
+	gid_t gid = SANDBOX_GID;
+
+	if (setgroups(1, &gid) || setresgid((gid_t)-1, gid, (gid_t)-1) ||
+	    setresuid((uid_t)-1, SANDBOX_UID, (uid_t)-1))
+		return ck_err_set(e, errno, "leaving uid 0: %s", strerror(errno));
+	return 0;
+}
+
+static int drop_capabilities(bool as_nobody, struct ck_err *e)
+{
+	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct d[2];
+	int last = CAP_LAST_CAP;
+
+	if (syscall(SYS_capget, &h, d))
+		return ck_err_set(e, errno, "capget: %s", strerror(errno));
+	/* the running kernel may know more than these headers */
+	while (prctl(PR_CAPBSET_READ, last + 1, 0, 0, 0) >= 0)
+		last++;
+	prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+	for (int cap = 0; cap <= last; cap++) {
+		if (kept(cap))
+			continue;
+		/* needs CAP_SETPCAP: a daemon without it has nothing to drop here */
+		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) && errno != EPERM && errno != EINVAL)
+			return ck_err_set(e, errno, "dropping capability %d: %s", cap, strerror(errno));
+		if (cap < 64) {
+			d[cap / 32].permitted &= ~(1u << (cap % 32));
+			d[cap / 32].inheritable &= ~(1u << (cap % 32));
+		}
+	}
+	if (as_nobody && geteuid() == 0 && leave_root(e))
+		return -1;
+	d[0].effective = d[0].permitted;
+	d[1].effective = d[1].permitted;
+	if (syscall(SYS_capset, &h, d))
+		return ck_err_set(e, errno, "capset: %s", strerror(errno));
+	return 0;
+}
+
+int ck_sandbox_confine(bool as_nobody, struct ck_err *e)
+{
+	/* glibc loads the unwinder when libfuse cancels its worker threads at
+	 * the end: mapping its code must happen now */
+	if (!dlopen("libgcc_s.so.1", RTLD_NOW))
+		return ck_err_set(e, ELIBACC, "sandbox: %s", dlerror());
+	if (drop_capabilities(as_nobody, e))
+		return -1;
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+		return ck_err_set(e, errno, "no_new_privs: %s", strerror(errno));
+	return load_filter(e);
+}
+
+/* The unmounter: waits, unconfined, for the daemon's word. The mount's
+ * /dev/fuse descriptor must not stay open here: a daemon that dies would
+ * leave a mount that hangs instead of failing. */
+static void unmounter(int from_daemon, const char *mountpoint)
+{
+	char c;
+	ssize_t n;
+
+	prctl(PR_SET_NAME, PACKAGE "-umount", 0, 0, 0);
+	signal(SIGINT, SIG_IGN); /* ^C reaches the whole process group */
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
+	if (dup2(from_daemon, STDERR_FILENO + 1) < 0)
+		_exit(1);
+	close_range(STDERR_FILENO + 2, ~0U, 0);
+	do
+		n = read(STDERR_FILENO + 1, &c, 1);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
+		_exit(0);
+	/* as libfuse does: lazily (a reader may hold a file open) */
+	if (geteuid() == 0) {
+		if (umount2(mountpoint, MNT_DETACH | UMOUNT_NOFOLLOW) && errno != EINVAL)
+			ck_log(LOG_ERR, "%s: unmounting: %s", mountpoint, strerror(errno));
+		_exit(0);
+	}
+	execlp("fusermount3", "fusermount3", "-u", "-q", "-z", "--", mountpoint, (char *)NULL);
+	ck_log(LOG_ERR, "fusermount3: %s", strerror(errno));
+	_exit(127);
+}
+
+/* libfuse opens /dev/fuse again for each worker thread (clone_fd); where
+ * it is not open to all (Debian's is, mode 0666; some containers keep it
+ * 0600), the daemon must stay uid 0 to do so. */
+static bool fuse_open_to_all(void)
+{
+	struct stat st;
+
+	if (stat("/dev/fuse", &st) == 0 && (st.st_mode & 0006) == 0006)
+		return true;
+	ck_log(LOG_NOTICE, "/dev/fuse is not open to all: the daemon stays uid 0 (capabilities dropped)");
+	return false;
+}
+
+int ck_sandbox_enter(struct ck_sandbox *sb, const char *mountpoint, struct ck_err *e)
+{
+	int p[2];
+
+	*sb = (struct ck_sandbox){.unmounter = -1, .to_unmounter = -1};
+	if (pipe2(p, O_CLOEXEC))
+		return ck_err_set(e, errno, "sandbox: pipe: %s", strerror(errno));
+	sb->unmounter = fork();
+	if (sb->unmounter < 0) {
+		close(p[0]);
+		close(p[1]);
+		return ck_err_set(e, errno, "sandbox: fork: %s", strerror(errno));
+	}
+	if (sb->unmounter == 0)
+		unmounter(p[0], mountpoint);
+	close(p[0]);
+	sb->to_unmounter = p[1];
+	if (ck_sandbox_confine(fuse_open_to_all(), e)) {
+		close(sb->to_unmounter);
+		waitpid(sb->unmounter, NULL, 0);
+		return -1;
+	}
+	sb->active = true;
+	return 0;
+}
+
+void ck_sandbox_unmount(struct ck_sandbox *sb, int fuse_fd)
+{
+	struct pollfd pfd = {.fd = fuse_fd};
+
+	/* POLLERR: unmounted or aborted from outside already */
+	if (!(poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR)))
+		while (write(sb->to_unmounter, "u", 1) < 0 && errno == EINTR)
+			;
+	close(sb->to_unmounter);
+	while (waitpid(sb->unmounter, NULL, 0) < 0 && errno == EINTR)
+		;
+	sb->active = false;
+}
