@@ -347,6 +347,15 @@ static int serve(struct fuse_session *se)
 	return rc;
 }
 
+/* A confined daemon may not unmount: its unmounter does. */
+static void unmount(struct fuse_session *se, struct ck_sandbox *sb)
+{
+	if (sb->unmounter > 0)
+		ck_sandbox_unmount(sb, fuse_session_fd(se));
+	else
+		fuse_session_unmount(se);
+}
+
 /* Mounts, detaches from the terminal once the mount is up (the parent's
  * exit tells the caller it can use it), and serves until unmounted or
  * signalled. */
@@ -385,15 +394,12 @@ static int cmd_mount(int argc, char **argv)
 	if (!a.foreground)
 		ck_log_to_syslog();
 	if (!a.nosandbox && ck_sandbox_enter(&sb, mountpoint_real, &e)) {
-		fuse_session_unmount(se);
+		unmount(se, &sb);
 		fail(a.source, e.msg);
 	}
 	rc = serve(se);
 	fuse_remove_signal_handlers(se);
-	if (sb.active)
-		ck_sandbox_unmount(&sb, fuse_session_fd(se));
-	else
-		fuse_session_unmount(se);
+	unmount(se, &sb);
 	fuse_session_destroy(se);
 	ck_fs_free(fs);
 	for (size_t i = 0; i < MAX_VIEWS; i++)

@@ -12,7 +12,6 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -64,9 +63,7 @@ struct rule {
 static const struct rule rules[] = {
 	/* reading the source: by descriptor, by /proc/self/fd, by handle */
 	IF("openat", 2, OPEN_WRITES, 0), IF("open", 1, OPEN_WRITES, 0),
-	/* openat2's flags are out of the filter's reach: nodes.c then walks
-	 * the path one openat per component */
-	{"openat2", NOSYS, -1, 0, 0},
+	ANY("openat2"), /* answered ENOSYS by the first filter (fallbacks[]) */
 	ANY("read"), ANY("pread64"), ANY("readv"), ANY("preadv"), ANY("preadv2"), ANY("lseek"),
 	ANY("close"), ANY("close_range"), ANY("dup"), ANY("dup2"), ANY("dup3"), ANY("fcntl"),
 	ANY("fstat"), ANY("newfstatat"), ANY("stat"), ANY("lstat"), ANY("statx"),
@@ -99,7 +96,7 @@ static const struct rule rules[] = {
 	ANY("munmap"), ANY("mremap"), ANY("madvise"), ANY("brk"), ANY("membarrier"),
 	/* threads (worker threads of the FUSE loop; clone only for threads:
 	 * clone3's flags are out of the filter's reach, glibc falls back) */
-	IF("clone", 0, CLONE_THREAD, CLONE_THREAD), {"clone3", NOSYS, -1, 0, 0},
+	IF("clone", 0, CLONE_THREAD, CLONE_THREAD), ANY("clone3"),
 	ANY("futex"), ANY("set_robust_list"), ANY("get_robust_list"), ANY("rseq"),
 	ANY("set_tid_address"), ANY("gettid"), ANY("getpid"), ANY("getppid"), ANY("tgkill"),
 	ANY("sched_yield"), ANY("sched_getaffinity"), ANY("exit"), ANY("exit_group"),
@@ -130,10 +127,27 @@ static const struct rule rules[] = {
 	NEVER("keyctl"), NEVER("add_key"), NEVER("request_key"),
 };
 
-/* What sanitizer runtimes need besides (see SANITIZED). */
-static const struct rule sanitizer_rules[] = {
-	ANY("ptrace"), ANY("clone"), ANY("prctl"),
+/* Calls whose flags are out of a filter's reach (in a struct in memory)
+ * are answered "not implemented", and their callers fall back to calls
+ * whose flags are checked: glibc from clone3 to clone, nodes.c from
+ * openat2 to one openat per component. This filter is not logged: the
+ * fallbacks are expected, once per thread started. */
+static const struct rule fallbacks[] = {
+	{"clone3", NOSYS, -1, 0, 0},
+	{"openat2", NOSYS, -1, 0, 0},
 };
+
+/* What sanitizer runtimes need besides, whatever the arguments (see
+ * SANITIZED); their rules above give way. */
+static const char *const sanitizer_calls[] = {"ptrace", "clone", "prctl", "kill"};
+
+static bool for_sanitizer(const char *name)
+{
+	for (size_t i = 0; SANITIZED && i < sizeof(sanitizer_calls) / sizeof(sanitizer_calls[0]); i++)
+		if (strcmp(sanitizer_calls[i], name) == 0)
+			return true;
+	return false;
+}
 
 static int add_rule(scmp_filter_ctx ctx, const struct rule *r, struct ck_err *e)
 {
@@ -152,32 +166,40 @@ static int add_rule(scmp_filter_ctx ctx, const struct rule *r, struct ck_err *e)
 	return rc ? ck_err_set(e, -rc, "seccomp rule for %s: %s", r->name, strerror(-rc)) : 0;
 }
 
-/* Anything not listed fails with EPERM (a call some path was not known
- * to need degrades that path, with an error, rather than the mount); the
- * kernel logs every refusal. TSYNC: threads started before are covered. */
-static int load_filter(struct ck_err *e)
+/* Loads a filter of rules over a default action; logged: the kernel logs
+ * every call it does not allow. TSYNC: threads started before are covered.
+ * Of two filters, the stricter answer wins: the one loaded last must allow
+ * what the first answers. */
+static int load(uint32_t default_action, bool logged, const struct rule *r, size_t n, struct ck_err *e)
 {
-	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ERRNO(EPERM));
+	scmp_filter_ctx ctx = seccomp_init(default_action);
 	size_t i;
 	int rc = 0;
 
 	if (!ctx)
 		return ck_err_set(e, ENOMEM, "seccomp: %s", strerror(ENOMEM));
-	if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_LOG, 1)) ||
+	if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_LOG, logged)) ||
 	    (rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1))) {
 		seccomp_release(ctx);
 		return ck_err_set(e, -rc, "seccomp attributes: %s", strerror(-rc));
 	}
-	for (i = 0; SANITIZED && !rc && i < sizeof(sanitizer_rules) / sizeof(sanitizer_rules[0]); i++)
-		rc = add_rule(ctx, &sanitizer_rules[i], e);
-	for (i = 0; !rc && i < sizeof(rules) / sizeof(rules[0]); i++)
-		if (!SANITIZED || (strcmp(rules[i].name, "ptrace") && strcmp(rules[i].name, "clone") &&
-				   strcmp(rules[i].name, "prctl")))
-			rc = add_rule(ctx, &rules[i], e);
+	for (i = 0; logged && SANITIZED && !rc && i < sizeof(sanitizer_calls) / sizeof(sanitizer_calls[0]); i++)
+		rc = add_rule(ctx, &(struct rule)ANY(sanitizer_calls[i]), e);
+	for (i = 0; !rc && i < n; i++)
+		if (!for_sanitizer(r[i].name))
+			rc = add_rule(ctx, &r[i], e);
 	if (!rc && (rc = seccomp_load(ctx)))
 		ck_err_set(e, -rc, "seccomp: loading the filter: %s", strerror(-rc));
 	seccomp_release(ctx);
 	return rc ? -1 : 0;
+}
+
+/* Anything the table does not list fails with EPERM: a call some path was
+ * not known to need degrades that path, with an error, not the mount. */
+static int load_filters(struct ck_err *e)
+{
+	return load(SCMP_ACT_ALLOW, false, fallbacks, sizeof(fallbacks) / sizeof(fallbacks[0]), e) ||
+	       load(SCMP_ACT_ERRNO(EPERM), true, rules, sizeof(rules) / sizeof(rules[0]), e) ? -1 : 0;
 }
 
 /* The capabilities serving needs; the rest leave every set, bounding and
@@ -255,7 +277,7 @@ int ck_sandbox_confine(bool as_nobody, struct ck_err *e)
 		return -1;
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
 		return ck_err_set(e, errno, "no_new_privs: %s", strerror(errno));
-	return load_filter(e);
+	return load_filters(e);
 }
 
 /* The unmounter: waits, unconfined, for the daemon's word. The mount's
@@ -307,6 +329,7 @@ int ck_sandbox_enter(struct ck_sandbox *sb, const char *mountpoint, struct ck_er
 	int p[2];
 
 	*sb = (struct ck_sandbox){.unmounter = -1, .to_unmounter = -1};
+	/* no unmounter yet: the caller unmounts itself if this fails */
 	if (pipe2(p, O_CLOEXEC))
 		return ck_err_set(e, errno, "sandbox: pipe: %s", strerror(errno));
 	sb->unmounter = fork();
@@ -319,13 +342,8 @@ int ck_sandbox_enter(struct ck_sandbox *sb, const char *mountpoint, struct ck_er
 		unmounter(p[0], mountpoint);
 	close(p[0]);
 	sb->to_unmounter = p[1];
-	if (ck_sandbox_confine(fuse_open_to_all(), e)) {
-		close(sb->to_unmounter);
-		waitpid(sb->unmounter, NULL, 0);
-		return -1;
-	}
-	sb->active = true;
-	return 0;
+	/* from here on (failure included: partly confined) the unmounter unmounts */
+	return ck_sandbox_confine(fuse_open_to_all(), e);
 }
 
 void ck_sandbox_unmount(struct ck_sandbox *sb, int fuse_fd)
@@ -339,5 +357,5 @@ void ck_sandbox_unmount(struct ck_sandbox *sb, int fuse_fd)
 	close(sb->to_unmounter);
 	while (waitpid(sb->unmounter, NULL, 0) < 0 && errno == EINTR)
 		;
-	sb->active = false;
+	sb->unmounter = -1;
 }

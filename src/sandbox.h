@@ -18,13 +18,13 @@
 #include "err.h"
 
 struct ck_sandbox {
-	bool active;
-	pid_t unmounter;
+	pid_t unmounter;   /* > 0 once forked: from then on it unmounts */
 	int to_unmounter;  /* a pipe: one byte means "unmount", EOF "do not" */
 };
 
 /* Forks the unmounter for mountpoint (an absolute path), then confines the
- * calling process and all its threads. On failure nothing is confined. */
+ * calling process and all its threads. On failure the process may be
+ * partly confined; if sb->unmounter > 0, ck_sandbox_unmount still works. */
 int ck_sandbox_enter(struct ck_sandbox *sb, const char *mountpoint, struct ck_err *e);
 
 /* The end of a confined daemon, in place of fuse_session_unmount(): has
