@@ -350,10 +350,8 @@ static int serve(struct fuse_session *se)
 /* A confined daemon may not unmount: its unmounter does. */
 static void unmount(struct fuse_session *se, struct ck_sandbox *sb)
 {
-	if (sb->unmounter > 0)
-		ck_sandbox_unmount(sb, fuse_session_fd(se));
-	else
-		fuse_session_unmount(se);
+	ck_sandbox_unmount(sb, fuse_session_fd(se));
+	fuse_session_unmount(se);
 }
 
 /* Mounts, detaches from the terminal once the mount is up (the parent's

@@ -43,7 +43,7 @@
 /* What the daemon's threads may do after the mount: every call the
  * serving paths make, with a reason; a condition narrows a call to the
  * argument values those paths use ((arg & mask) == value). */
-enum verdict { ALLOW, KILL, NOSYS };
+enum verdict { ALLOW, KILL, NOSYS, DONE };
 struct rule {
 	const char *name;
 	enum verdict verdict;
@@ -115,7 +115,8 @@ static const struct rule rules[] = {
 	/* Never, and a try is proof of compromise: the process is killed. */
 	NEVER("execve"), NEVER("execveat"),                 /* new code */
 	NEVER("ptrace"), NEVER("process_vm_readv"), NEVER("process_vm_writev"),
-	NEVER("mount"), NEVER("umount2"), NEVER("fsopen"), NEVER("fsmount"), NEVER("fsconfig"),
+	ANY("umount2"), /* answered 0 by the first filter (fallbacks[]) */
+	NEVER("mount"), NEVER("fsopen"), NEVER("fsmount"), NEVER("fsconfig"),
 	NEVER("move_mount"), NEVER("open_tree"), NEVER("pivot_root"), NEVER("chroot"),
 	NEVER("unshare"), NEVER("setns"),
 	NEVER("kexec_load"), NEVER("kexec_file_load"), NEVER("init_module"),
@@ -127,14 +128,17 @@ static const struct rule rules[] = {
 	NEVER("keyctl"), NEVER("add_key"), NEVER("request_key"),
 };
 
-/* Calls whose flags are out of a filter's reach (in a struct in memory)
- * are answered "not implemented", and their callers fall back to calls
- * whose flags are checked: glibc from clone3 to clone, nodes.c from
- * openat2 to one openat per component. This filter is not logged: the
- * fallbacks are expected, once per thread started. */
+/* The first filter, not logged: what it answers is expected. Calls whose
+ * flags are out of a filter's reach (in a struct in memory) are "not
+ * implemented", and their callers fall back to calls whose flags are
+ * checked: glibc from clone3 (every thread) to clone, nodes.c from openat2
+ * to one openat per component. umount2 "succeeds" without effect: the
+ * unmounter does it, and libfuse's own unmount at the end, which also
+ * frees what it holds, then finds nothing more to do. */
 static const struct rule fallbacks[] = {
 	{"clone3", NOSYS, -1, 0, 0},
 	{"openat2", NOSYS, -1, 0, 0},
+	{"umount2", DONE, -1, 0, 0},
 };
 
 /* What sanitizer runtimes need besides, whatever the arguments (see
@@ -152,8 +156,9 @@ static bool for_sanitizer(const char *name)
 static int add_rule(scmp_filter_ctx ctx, const struct rule *r, struct ck_err *e)
 {
 	int nr = seccomp_syscall_resolve_name(r->name);
-	uint32_t action = r->verdict == ALLOW ? SCMP_ACT_ALLOW
-			: r->verdict == NOSYS ? SCMP_ACT_ERRNO(ENOSYS) : SCMP_ACT_KILL_PROCESS;
+	static const uint32_t actions[] = {[ALLOW] = SCMP_ACT_ALLOW, [KILL] = SCMP_ACT_KILL_PROCESS,
+					   [NOSYS] = SCMP_ACT_ERRNO(ENOSYS), [DONE] = SCMP_ACT_ERRNO(0)};
+	uint32_t action = actions[r->verdict];
 	int rc;
 
 	if (nr == __NR_SCMP_ERROR)
@@ -349,6 +354,9 @@ int ck_sandbox_enter(struct ck_sandbox *sb, const char *mountpoint, struct ck_er
 void ck_sandbox_unmount(struct ck_sandbox *sb, int fuse_fd)
 {
 	struct pollfd pfd = {.fd = fuse_fd};
+
+	if (sb->unmounter <= 0)
+		return;
 
 	/* POLLERR: unmounted or aborted from outside already */
 	if (!(poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR)))

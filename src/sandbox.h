@@ -8,8 +8,8 @@
  * kernel logs what was refused (audit, type=SECCOMP).
  *
  * Unmounting at the end needs umount2() or an exec of fusermount3, both
- * refused inside: a small process forked before the confinement does it
- * when the daemon asks, and nothing else. */
+ * out of reach inside: a small process forked before the confinement
+ * does it when the daemon asks, and nothing else. */
 #ifndef CKPTFS_SANDBOX_H
 #define CKPTFS_SANDBOX_H
 
@@ -27,10 +27,11 @@ struct ck_sandbox {
  * partly confined; if sb->unmounter > 0, ck_sandbox_unmount still works. */
 int ck_sandbox_enter(struct ck_sandbox *sb, const char *mountpoint, struct ck_err *e);
 
-/* The end of a confined daemon, in place of fuse_session_unmount(): has
- * the unmounter detach the mount, unless fuse_fd (the session's) says the
- * connection is gone (unmounted from outside: the path may hold another
- * mount by now), and waits for it. */
+/* The end of a confined daemon, before fuse_session_unmount() (whose
+ * umount2 the filter turns into a no-op): has the unmounter detach the
+ * mount, unless fuse_fd (the session's) says the connection is gone
+ * (unmounted from outside: the path may hold another mount by now), and
+ * waits for it. Nothing to do without an unmounter. */
 void ck_sandbox_unmount(struct ck_sandbox *sb, int fuse_fd);
 
 /* The confinement alone (capabilities, no_new_privs, the filter), applied
