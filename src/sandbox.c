@@ -101,6 +101,8 @@ static const struct rule rules[] = {
 	ANY("set_tid_address"), ANY("gettid"), ANY("getpid"), ANY("getppid"), ANY("tgkill"),
 	ANY("sched_yield"), ANY("sched_getaffinity"), ANY("exit"), ANY("exit_group"),
 	ANY("wait4"), ANY("restart_syscall"),
+	/* the end: answered 0 by the first filter (fallbacks[]), the unmounter unmounts */
+	ANY("umount2"),
 	IS("prctl", 0, PR_SET_NAME), IS("prctl", 0, PR_GET_NAME),
 	/* signals: SIGTERM/SIGINT/SIGHUP end the loop */
 	ANY("rt_sigaction"), ANY("rt_sigprocmask"), ANY("rt_sigreturn"), ANY("sigaltstack"),
@@ -115,7 +117,6 @@ static const struct rule rules[] = {
 	/* Never, and a try is proof of compromise: the process is killed. */
 	NEVER("execve"), NEVER("execveat"),                 /* new code */
 	NEVER("ptrace"), NEVER("process_vm_readv"), NEVER("process_vm_writev"),
-	ANY("umount2"), /* answered 0 by the first filter (fallbacks[]) */
 	NEVER("mount"), NEVER("fsopen"), NEVER("fsmount"), NEVER("fsconfig"),
 	NEVER("move_mount"), NEVER("open_tree"), NEVER("pivot_root"), NEVER("chroot"),
 	NEVER("unshare"), NEVER("setns"),
