@@ -27,19 +27,6 @@
 #include <linux/fuse.h>
 #include "log.h"
 
-/* Sanitizer runtimes stop the world with ptrace from a clone()d tracer
- * (LeakSanitizer at exit) and tune themselves with prctl. */
-#if defined(__SANITIZE_ADDRESS__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifndef SANITIZED
-#define SANITIZED 0
-#endif
-
 /* What the daemon's threads may do after the mount: every call the
  * serving paths make, with a reason; a condition narrows a call to the
  * argument values those paths use ((arg & mask) == value). */
@@ -55,6 +42,7 @@ struct rule {
 #define IF(name, arg, mask, value) {name, ALLOW, arg, mask, value}
 #define IS(name, arg, value) {name, ALLOW, arg, UINT64_MAX, value}
 #define NEVER(name) {name, KILL, -1, 0, 0}
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Opens for reading only (O_RDWR stays: libfuse clones /dev/fuse per
  * thread): no file is created, truncated or written through a new fd. */
@@ -143,12 +131,12 @@ static const struct rule fallbacks[] = {
 };
 
 /* What sanitizer runtimes need besides, whatever the arguments (see
- * SANITIZED); their rules above give way. */
+ * CK_SANDBOX_SANITIZED); their rules above give way. */
 static const char *const sanitizer_calls[] = {"ptrace", "clone", "prctl", "kill"};
 
 static bool for_sanitizer(const char *name)
 {
-	for (size_t i = 0; SANITIZED && i < sizeof(sanitizer_calls) / sizeof(sanitizer_calls[0]); i++)
+	for (size_t i = 0; CK_SANDBOX_SANITIZED && i < COUNT(sanitizer_calls); i++)
 		if (strcmp(sanitizer_calls[i], name) == 0)
 			return true;
 	return false;
@@ -189,7 +177,7 @@ static int load(uint32_t default_action, bool logged, const struct rule *r, size
 		seccomp_release(ctx);
 		return ck_err_set(e, -rc, "seccomp attributes: %s", strerror(-rc));
 	}
-	for (i = 0; logged && SANITIZED && !rc && i < sizeof(sanitizer_calls) / sizeof(sanitizer_calls[0]); i++)
+	for (i = 0; logged && CK_SANDBOX_SANITIZED && !rc && i < COUNT(sanitizer_calls); i++)
 		rc = add_rule(ctx, &(struct rule)ANY(sanitizer_calls[i]), e);
 	for (i = 0; !rc && i < n; i++)
 		if (!for_sanitizer(r[i].name))
@@ -204,8 +192,8 @@ static int load(uint32_t default_action, bool logged, const struct rule *r, size
  * not known to need degrades that path, with an error, not the mount. */
 static int load_filters(struct ck_err *e)
 {
-	return load(SCMP_ACT_ALLOW, false, fallbacks, sizeof(fallbacks) / sizeof(fallbacks[0]), e) ||
-	       load(SCMP_ACT_ERRNO(EPERM), true, rules, sizeof(rules) / sizeof(rules[0]), e) ? -1 : 0;
+	return load(SCMP_ACT_ALLOW, false, fallbacks, COUNT(fallbacks), e) ||
+	       load(SCMP_ACT_ERRNO(EPERM), true, rules, COUNT(rules), e) ? -1 : 0;
 }
 
 /* The capabilities serving needs; the rest leave every set, bounding and
@@ -218,7 +206,7 @@ static const int kept_caps[] = {
 
 static bool kept(int cap)
 {
-	for (size_t i = 0; i < sizeof(kept_caps) / sizeof(kept_caps[0]); i++)
+	for (size_t i = 0; i < COUNT(kept_caps); i++)
 		if (kept_caps[i] == cap)
 			return true;
 	return false;

@@ -17,6 +17,20 @@
 #include <sys/types.h>
 #include "err.h"
 
+/* Sanitizer runtimes stop the world with ptrace from a clone()d tracer
+ * (LeakSanitizer at exit) and tune themselves with prctl: built with them,
+ * the filter allows those calls whatever their arguments. */
+#if defined(__SANITIZE_ADDRESS__)
+#define CK_SANDBOX_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CK_SANDBOX_SANITIZED 1
+#endif
+#endif
+#ifndef CK_SANDBOX_SANITIZED
+#define CK_SANDBOX_SANITIZED 0
+#endif
+
 struct ck_sandbox {
 	pid_t unmounter;   /* > 0 once forked: from then on it unmounts */
 	int to_unmounter;  /* a pipe: one byte means "unmount", EOF "do not" */

@@ -22,12 +22,6 @@
 #include "sandbox.h"
 #include "tap.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SANITIZED 1
-#else
-#define SANITIZED 0
-#endif
-
 static char tmpdir[] = "/tmp/ckptfs-sandbox-XXXXXX";
 
 /* Runs fn in a child, confined first if asked; its wait status. */
@@ -262,14 +256,14 @@ int main(void)
 	ok(exited(in_child(unlinks, 1), 0), "removing: EPERM");
 	ok(exited(in_child(inet_socket, 1), 0), "an inet socket: EPERM");
 	ok(exited(in_child(maps_code, 1), 0), "executable memory: EPERM");
-	if (!SANITIZED)
+	if (!CK_SANDBOX_SANITIZED)
 		ok(exited(in_child(forks, 1), 0), "fork: EPERM");
 	ok(killed_by_sigsys(in_child(executes, 1)), "execve: killed (SIGSYS)");
 	ok(killed_by_sigsys(in_child(mounts, 1)), "mount: killed (SIGSYS)");
 	ok(exited(in_child(unmounts, 0), 1), "unconfined: umount2 of a directory fails (control)");
 	ok(exited(in_child(unmounts, 1), 0), "umount2: a no-op that succeeds");
 	ok(killed_by_sigsys(in_child(sets_uid, 1)), "setuid: killed (SIGSYS)");
-	if (!SANITIZED)
+	if (!CK_SANDBOX_SANITIZED)
 		ok(killed_by_sigsys(in_child(traces, 1)), "ptrace: killed (SIGSYS)");
 	if (geteuid() == 0) {
 		char path[64];
