@@ -201,7 +201,8 @@ static int load_filters(struct ck_err *e)
 static const int kept_caps[] = {
 	CAP_DAC_READ_SEARCH, /* read every source file and directory, open_by_handle_at */
 	CAP_SYS_RESOURCE,    /* pipes for splice beyond the per-user pipe budget */
-	CAP_SYS_ADMIN,       /* fanotify watches of the source (mount & co. are filtered) */
+	/* not CAP_SYS_ADMIN: unmounting is the unmounter's; a fanotify mark of
+	 * a whole mount or file system would need it back */
 };
 
 static bool kept(int cap)
