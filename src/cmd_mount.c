@@ -19,6 +19,7 @@
 #include "fs.h"
 #include "log.h"
 #include "mountinfo.h"
+#include "sandbox.h"
 
 /* Options every mount gets, after the user's so they win: a view never
  * changes its source, and the kernel checks permissions against the modes
@@ -30,7 +31,7 @@
 #define MAX_IDLE_THREADS 16
 
 struct mount_args {
-	bool foreground, debug;
+	bool foreground, debug, nosandbox;
 	size_t cache_mb;
 	struct cli_views views;
 	char fuse_options[4096];  /* the user's -o options for libfuse, comma-separated */
@@ -72,6 +73,8 @@ static void parse_options(struct mount_args *a, char *list)
 			a->cache_mb = parse_cache_mb(opt + 9);
 		else if (strncmp(opt, "view=", 5) == 0)
 			cli_views_add(&a->views, "mount", opt + 5);
+		else if (strcmp(opt, "nosandbox") == 0)
+			a->nosandbox = true;
 		else if (is_generic_option(opt))
 			continue;
 		else if ((size_t)snprintf(a->fuse_options + used, sizeof(a->fuse_options) - used,
@@ -246,6 +249,13 @@ static int serve(struct fuse_session *se)
 	return rc;
 }
 
+/* A confined daemon may not unmount: its unmounter does. */
+static void unmount(struct fuse_session *se, struct ck_sandbox *sb)
+{
+	ck_sandbox_unmount(sb, fuse_session_fd(se));
+	fuse_session_unmount(se);
+}
+
 /* Mounts; in the background the command returns once the file system
  * answers (daemon.h); serves until unmounted or signalled. */
 int cmd_mount(int argc, char **argv)
@@ -253,6 +263,7 @@ int cmd_mount(int argc, char **argv)
 	struct mount_args a;
 	char source_real[PATH_MAX], mountpoint_real[PATH_MAX];
 	struct fuse_session *se;
+	struct ck_sandbox sb = {0};
 	struct ck_fs *fs;
 	struct ck_err e;
 	int root_fd, rc;
@@ -276,14 +287,19 @@ int cmd_mount(int argc, char **argv)
 	if (fuse_set_signal_handlers(se) || fuse_session_mount(se, mountpoint_real))
 		exit(EXIT_RUNTIME);
 	raise_read_ahead(mountpoint_real);
+	/* before any thread starts: capabilities are dropped per thread */
+	if (!a.nosandbox && ck_sandbox_enter(&sb, mountpoint_real, a.foreground, &e)) {
+		unmount(se, &sb);
+		cli_fail(a.source, e.msg);
+	}
 	if ((rc = ck_daemon_watch(mountpoint_real))) {
-		fuse_session_unmount(se);
+		unmount(se, &sb);
 		cli_fail("pthread_create", strerror(rc));
 	}
 	rc = serve(se);
 	ck_daemon_stopping();
 	fuse_remove_signal_handlers(se);
-	fuse_session_unmount(se);
+	unmount(se, &sb);
 	fuse_session_destroy(se);
 	ck_fs_free(fs);
 	cli_views_clear(&a.views);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 #include <utlist.h>
 #include "cache.h"
@@ -777,6 +778,67 @@ static int node_xattrs(struct ck_fs *fs, uint64_t id, struct xattrs *xs)
 	return err;
 }
 
+/* The POSIX ACLs: the kernel (FUSE_CAP_POSIX_ACL) asks for these and
+ * enforces them, so a view grants exactly what its source grants. The
+ * mount root shows the source root's, as it shows its owner and mode. */
+static const char *const acl_names[] = {"system.posix_acl_access", "system.posix_acl_default"};
+
+static bool is_acl_name(const char *name)
+{
+	return strcmp(name, acl_names[0]) == 0 || strcmp(name, acl_names[1]) == 0;
+}
+
+/* getxattr(2) of the node's source object, by its O_PATH descriptor
+ * (no open: no lease to break, no FIFO to block on): the value in the
+ * kernel's own xattr form, its length, or -errno. A symlink has no ACL. */
+static ssize_t source_acl(struct ck_fs *fs, uint64_t id, const char *name, void *buf, size_t size)
+{
+	struct ck_located loc = {.fd = -1};
+	char proc[32];
+	ssize_t n;
+
+	if (id == FUSE_ROOT_ID) {
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", ck_nodes_root_fd(fs->nodes));
+	} else {
+		int err = ck_nodes_locate(fs->nodes, id, &loc);
+
+		if (err)
+			return err;
+		if (S_ISLNK(loc.st.st_mode)) {
+			close(loc.fd);
+			return -ENODATA;
+		}
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", loc.fd);
+	}
+	n = getxattr(proc, name, buf, size);
+	if (n < 0)
+		n = -errno;
+	if (loc.fd >= 0)
+		close(loc.fd);
+	/* a source without ACL support has none; EOPNOTSUPP would make the
+	 * kernel stop asking for any attribute of this mount */
+	return n == -EOPNOTSUPP ? -ENODATA : n;
+}
+
+static void reply_acl(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	char *buf = size ? malloc(size) : NULL;
+	ssize_t n;
+
+	if (size && !buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	n = source_acl(fs_of(req), ino, name, buf, size);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	free(buf);
+}
+
 /* size 0 asks how big the value is. */
 static void reply_xattr_value(fuse_req_t req, const char *data, size_t len, size_t size)
 {
@@ -793,8 +855,12 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	struct xattrs xs;
 	int err;
 
-	/* ls -l asks every file for security.selinux and the POSIX ACLs:
-	 * answer those without finding the file */
+	if (is_acl_name(name)) {
+		reply_acl(req, ino, name, size);
+		return;
+	}
+	/* ls -l asks every file for security.selinux: answer it without
+	 * finding the file */
 	if (strncmp(name, "user.ckptfs.", 12) != 0) {
 		fuse_reply_err(req, ENODATA);
 		return;
@@ -816,7 +882,7 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 
 static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-	char names[128];
+	char names[256];
 	size_t len = 0;
 	struct xattrs xs;
 	int err = node_xattrs(fs_of(req), ino, &xs);
@@ -830,6 +896,15 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 
 		memcpy(names + len, xs.x[i].name, n);
 		len += n;
+	}
+	for (size_t i = 0; i < sizeof(acl_names) / sizeof(acl_names[0]); i++) {
+		ssize_t got = source_acl(fs_of(req), ino, acl_names[i], NULL, 0);
+		size_t n = strlen(acl_names[i]) + 1;
+
+		if (got > 0) {
+			memcpy(names + len, acl_names[i], n);
+			len += n;
+		}
 	}
 	reply_xattr_value(req, names, len, size);
 }
@@ -865,6 +940,12 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	 * from page cache to page cache without a copy through the daemon. */
 	conn->want |= conn->capable &
 		      (FUSE_CAP_EXPORT_SUPPORT | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
+	/* The kernel enforces the source's POSIX ACLs (asked for with
+	 * getxattr; it requires default_permissions, which every mount has). */
+	if (conn->capable & FUSE_CAP_POSIX_ACL)
+		conn->want |= FUSE_CAP_POSIX_ACL;
+	else
+		ck_log(LOG_WARNING, "the kernel cannot enforce POSIX ACLs: views check mode bits only");
 	/* Plain readdir: listing a directory must not build every file in it. */
 	conn->want &= ~(unsigned)(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
 	/* Many readers of one checkpoint (DDP ranks) read ahead at once. */

@@ -1,0 +1,124 @@
+"""POSIX ACLs of the source hold in every view (issue #9): with allow_other,
+another user gets through the mount exactly what the source's ACLs give
+them, not what the mode bits alone would. The daemon answers the ACL xattrs
+with the source's and the kernel enforces them (FUSE_CAP_POSIX_ACL)."""
+
+import errno
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+import ckref
+from conftest import Mount, read_bytes, sha256
+from test_daemon import NOBODY, _as_nobody, _mk, _show, _src_with_ckpt, public_tmp  # noqa: F401
+
+ACCESS, DEFAULT = "system.posix_acl_access", "system.posix_acl_default"
+
+
+def _setfacl(path, *args):
+    subprocess.run(["setfacl"] + list(args) + [path], check=True)
+
+
+def _need_acls(public_tmp):
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("setfacl"):
+        pytest.skip("needs root, setpriv and setfacl (package acl)")
+    probe = os.path.join(public_tmp, "probe")
+    _mk(probe, 0o644, data=b"")
+    r = subprocess.run(["setfacl", "-m", "u:%d:r" % NOBODY, probe], stderr=subprocess.PIPE)
+    os.unlink(probe)
+    if r.returncode:
+        pytest.skip("the source file system has no POSIX ACLs: %s" % r.stderr.decode().strip())
+
+
+# (path, mode, data or None for a directory, ACL given to setfacl -m, what
+# nobody may do: "read" a file / "list" a directory, or None)
+LAYOUT = [
+    ("denied644.pt", 0o644, "ck", "u:nobody:---", None),
+    ("denied644.txt", 0o644, b"mode says yes\n", "u:nobody:---", None),
+    ("granted600.pt", 0o600, "ck", "u:nobody:r", "read"),
+    ("granted600_masked.txt", 0o600, b"mask says no\n", "u:nobody:r,m::---", None),
+    ("dnotrav", 0o755, None, "u:nobody:---", None),
+    ("dnotrav/inner.pt", 0o644, "ck", None, None),
+    ("dgranted", 0o700, None, "u:nobody:rx", "list"),
+    ("dgranted/inner.pt", 0o644, "ck", None, "read"),
+    ("dgranted/inner600.pt", 0o600, "ck", None, None),
+    ("ddefault", 0o755, None, "d:u:nobody:r", "list"),
+    ("ddefault/plain.txt", 0o644, b"written before the default ACL\n", None, "read"),
+]
+
+
+def _build(public_tmp, tmp_path):
+    """The source: its root mode 0750 owned by root, opened to nobody only
+    by an ACL (so the mount root and the view directories need it too)."""
+    src = os.path.join(public_tmp, "src")
+    _mk(src, 0o750)
+    _setfacl(src, "-m", "u:nobody:rx")
+    ck = read_bytes(os.path.join(_src_with_ckpt(str(tmp_path / "ck")), "a.pt"))
+    for rel, mode, data, acl, _ in LAYOUT:
+        p = os.path.join(src, rel)
+        _mk(p, mode, data=ck if data == "ck" else data)
+        if acl:
+            _setfacl(p, "-m", acl)
+    return src
+
+
+def test_source_acls_hold_in_every_view(public_tmp, tmp_path):
+    _need_acls(public_tmp)
+    src = _build(public_tmp, tmp_path)
+    m = Mount(src, os.path.join(public_tmp, "mnt"), str(tmp_path / "log"),
+              opts=["allow_other", "view=bare:strip=model."]).start()
+    every_view = list(ckref.VIEWS) + ["bare"]
+    try:
+        # root sees the source's ACLs as attributes of the views (getfacl)
+        for view in every_view:
+            for rel, _, data, acl, _ in LAYOUT:
+                s, v = os.path.join(src, rel), m.path(view, rel)
+                for name in (ACCESS, DEFAULT):
+                    want = os.getxattr(s, name) if name in os.listxattr(s) else None
+                    got = os.getxattr(v, name) if name in os.listxattr(v) else None
+                    assert got == want, (view, rel, name)
+        assert os.getxattr(m.mnt, ACCESS) == os.getxattr(src, ACCESS)
+
+        tops = [m.mnt] + [m.path(view) for view in every_view]
+        views = {(view, rel): m.path(view, rel) for view in every_view for rel, *_ in LAYOUT}
+        srcs = {rel: os.path.join(src, rel) for rel, *_ in LAYOUT}
+        got = _as_nobody(tops + list(srcs.values()) + list(views.values()))
+        # the root and the view directories: open to nobody by the ACL only
+        for p in tops:
+            assert isinstance(got[p]["list"], list), (p, _show(got[p]["list"]))
+        for (view, rel), p in views.items():
+            may = next(w for r, _, _, _, w in LAYOUT if r == rel)
+            s, v = got[srcs[rel]], got[p]
+            for op in ("stat", "list", "read"):
+                if isinstance(s[op], int) or isinstance(v[op], int):
+                    assert s[op] == v[op], "%s %s %s: source %s, view %s" % (
+                        view, rel, op, _show(s[op]), _show(v[op]))
+            if may == "read":
+                assert v["read"] == sha256(p), (view, rel)
+            elif may == "list":
+                assert v["list"] == s["list"] and v["list"], (view, rel)
+            elif os.path.isdir(srcs[rel]):
+                assert v["list"] == errno.EACCES, (view, rel)
+            else:
+                assert v["read"] == errno.EACCES, (view, rel)
+
+        # a changed ACL holds once the attribute timeout (1 s) has passed
+        for rel in ("granted600.pt", "dgranted"):
+            _setfacl(os.path.join(src, rel), "-m", "u:nobody:---")
+        _setfacl(os.path.join(src, "denied644.pt"), "-x", "u:nobody")
+        time.sleep(1.5)
+        paths = [m.path(view, rel) for view in every_view
+                 for rel in ("granted600.pt", "dgranted", "dgranted/inner.pt", "denied644.pt")]
+        got = _as_nobody(paths)
+        for view in every_view:
+            assert got[m.path(view, "granted600.pt")]["read"] == errno.EACCES, view
+            assert got[m.path(view, "dgranted")]["list"] == errno.EACCES, view
+            assert got[m.path(view, "dgranted/inner.pt")]["stat"] == errno.EACCES, view
+            p = m.path(view, "denied644.pt")
+            assert got[p]["read"] == sha256(p), view
+    finally:
+        problems = m.stop()
+    assert not problems, problems
