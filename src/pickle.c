@@ -79,8 +79,8 @@ struct seq {
 
 struct op {
 	uint32_t pos, len;
-	uint32_t aux;  /* string push: its object; memo get: slot object; memo put: pushing op of the top */
-	uint32_t memo; /* memo index of a get or put */
+	uint32_t aux;  /* string push: its object; memo get, DUP: the object; memo put: pushing op of the top */
+	uint32_t memo; /* memo index of a get or put; DUP: the op that pushed what it copies */
 };
 
 struct slot { uint32_t obj; uint32_t op; }; /* stack entry: value and the op that pushed it */
@@ -517,19 +517,19 @@ static int step(struct machine *m, uint32_t i)
 		m->objs[id].flags = classify_global(a, ml, nl + 1, nlen);
 		return push(m, id, i);
 	}
-	case 0x93: { /* STACK_GLOBAL */
-		struct obj *mod, *name;
+	case 0x93: { /* STACK_GLOBAL; copies, not pointers: new_obj() may move m->objs */
+		struct obj mod, name;
 		if (need(m, i, 2))
 			return -1;
-		mod = &m->objs[m->stack[m->sp - 2].obj];
-		name = &m->objs[m->stack[m->sp - 1].obj];
-		if (mod->kind != K_STR || name->kind != K_STR)
+		mod = m->objs[m->stack[m->sp - 2].obj];
+		name = m->objs[m->stack[m->sp - 1].obj];
+		if (mod.kind != K_STR || name.kind != K_STR)
 			return fail(m, i, "STACK_GLOBAL needs two strings");
 		m->sp -= 2;
 		id = new_obj(m, K_GLOBAL, 0, 0);
 		if (id == NONE_ID)
 			return ck_err_nomem(m->e);
-		m->objs[id].flags = classify_global(m->in + mod->a, mod->b, m->in + name->a, name->b);
+		m->objs[id].flags = classify_global(m->in + mod.a, mod.b, m->in + name.a, name.b);
 		return push(m, id, i);
 	}
 	case 'h': case 'j': case 'g':
@@ -550,9 +550,11 @@ static int step(struct machine *m, uint32_t i)
 			return -1;
 		m->sp = base;
 		return 0;
-	case '2': /* DUP */
+	case '2': /* DUP: the emitter needs what it copies, which a rename may change */
 		if (need(m, i, 1))
 			return -1;
+		m->ops[i].aux = m->stack[m->sp - 1].obj;
+		m->ops[i].memo = m->stack[m->sp - 1].op;
 		return push(m, m->stack[m->sp - 1].obj, i);
 	case '}':
 		if ((id = new_dict(m)) == NONE_ID)
@@ -645,19 +647,19 @@ static int step(struct machine *m, uint32_t i)
 		m->sp--;
 		return push(m, NONE_ID, i);
 	case 0x81: case 'R': { /* NEWOBJ, REDUCE: callable, args */
-		struct obj *fn, *args;
+		struct obj fn, args; /* copies: new_obj() may move m->objs */
 		if (need(m, i, 2))
 			return -1;
-		fn = &m->objs[m->stack[m->sp - 2].obj];
-		args = &m->objs[m->stack[m->sp - 1].obj];
+		fn = m->objs[m->stack[m->sp - 2].obj];
+		args = m->objs[m->stack[m->sp - 1].obj];
 		m->sp -= 2;
-		if (fn->kind == K_GLOBAL && (fn->flags & G_TENSOR) && c == 'R') {
+		if (fn.kind == K_GLOBAL && (fn.flags & G_TENSOR) && c == 'R') {
 			if ((id = new_obj(m, K_TENSOR, 0, 0)) == NONE_ID)
 				return ck_err_nomem(m->e);
 			return push(m, id, i);
 		}
-		if (fn->kind == K_GLOBAL && (fn->flags & G_ODICT) && args->kind == K_SEQ &&
-		    m->seqs[args->a].n == 0) {
+		if (fn.kind == K_GLOBAL && (fn.flags & G_ODICT) && args.kind == K_SEQ &&
+		    m->seqs[args.a].n == 0) {
 			if ((id = new_dict(m)) == NONE_ID)
 				return ck_err_nomem(m->e);
 			return push(m, id, i);
@@ -670,19 +672,19 @@ static int step(struct machine *m, uint32_t i)
 		m->sp -= 3;
 		return push(m, NONE_ID, i);
 	case 'b': { /* BUILD: the _metadata of a state dict arrives here */
-		struct obj *target, *state;
+		struct obj target, state;
 		if (need(m, i, 2))
 			return -1;
-		state = &m->objs[m->stack[m->sp - 1].obj];
-		target = &m->objs[m->stack[m->sp - 2].obj];
+		state = m->objs[m->stack[m->sp - 1].obj];
+		target = m->objs[m->stack[m->sp - 2].obj];
 		m->sp--;
-		if (target->kind == K_DICT && state->kind == K_DICT) {
-			const struct dict *s = &m->dicts[state->a];
+		if (target.kind == K_DICT && state.kind == K_DICT) {
+			const struct dict *s = &m->dicts[state.a];
 			for (uint32_t k = 0; k < s->n; k++) {
 				const struct obj *key = &m->objs[s->items[k].key];
 				if (key->kind == K_STR && key->b == 9 && memcmp(m->in + key->a, "_metadata", 9) == 0 &&
 				    m->objs[s->items[k].val].kind == K_DICT)
-					m->dicts[target->a].meta = s->items[k].val;
+					m->dicts[target.a].meta = s->items[k].val;
 			}
 		}
 		return 0;
@@ -827,7 +829,8 @@ struct seen_key {
 
 static bool key_op_rewritable(uint8_t c)
 {
-	return c == 'X' || c == 'T' || c == 'U' || c == 0x8c || c == 0x8d || c == 'h' || c == 'j' || c == 'g';
+	return c == 'X' || c == 'T' || c == 'U' || c == 0x8c || c == 0x8d || c == 'h' || c == 'j' || c == 'g' ||
+	       c == '2';
 }
 
 static bool same(const char *a, size_t al, const uint8_t *b, size_t bl)
@@ -1022,11 +1025,14 @@ static int emit(struct machine *m, struct plan *p, struct ck_buf *out)
 			FLUSH_TO(o->pos);
 			from = o->pos + o->len;
 			break;
-		case 'h': case 'j': case 'g': {
+		case 'h': case 'j': case 'g': case '2': {
+			/* a copy (from the memo, or DUP of the op below) of a string
+			 * that the output now holds in another form than wanted here */
 			const struct obj *s = &m->objs[o->aux];
 			struct str orig = {(char *)m->in + s->a, s->b};
 			struct str want = p->val[i].s ? p->val[i] : orig;
-			struct str cur = slot[o->memo].s ? slot[o->memo] : orig;
+			struct str held = c == '2' ? p->val[o->memo] : slot[o->memo];
+			struct str cur = held.s ? held : orig;
 
 			if (s->kind != K_STR)
 				break;

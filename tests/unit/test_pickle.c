@@ -516,6 +516,83 @@ static void test_hostile(void)
 	ck_buf_free(&b);
 }
 
+/* STACK_GLOBAL right where the object array must grow: the module and name
+ * strings must not be read from the array's old place (issue 9). Every
+ * capacity up to 2^17, so the one that moves to its own mapping is hit. */
+static void test_stack_global_at_growth(void)
+{
+	size_t failures = 0, tried = 0;
+
+	for (unsigned cap = 16; cap <= (1u << 17); cap *= 2, tried++) {
+		struct ck_buf in = {0}, want = {0};
+		for (int pass = 0; pass < 2; pass++) {
+			struct ck_buf *b = pass ? &want : &in;
+			pk_proto(b, 4);
+			pk_op(b, '(');
+			for (unsigned k = 0; k < cap - 3; k++) /* object 0, then cap - 3 strings, then 2 more */
+				pk_short_str(b, "a");
+			pk_op(b, '1');
+			pk_short_str(b, "collections");
+			pk_short_str(b, "OrderedDict");
+			ck_buf_u8(b, 0x93);
+			pk_op(b, ')');
+			pk_op(b, 'R');
+			if (pass)
+				pk_str(b, "w");
+			else
+				pk_short_str(b, "module.w");
+			pk_tensor(b, 5, 1);
+			pk_op(b, 's');
+			pk_op(b, '.');
+		}
+		struct ck_buf out;
+		struct ck_err e;
+		enum ck_pickle_result r = rewrite(&in, &ck_view_plain, &out, &e);
+		if (r != CK_PICKLE_REWRITTEN || out.len != want.len || memcmp(out.data, want.data, want.len)) {
+			printf("# capacity %u: result %d, %s\n", cap, r, e.msg);
+			failures++;
+		}
+		ck_buf_free(&out);
+		ck_buf_free(&in);
+		ck_buf_free(&want);
+	}
+	ok(failures == 0, "STACK_GLOBAL at each object-array growth names its global (%zu of %zu wrong)",
+	   failures, tried);
+}
+
+/* [{'w': T}, 'w'] where the key was DUPed into a memo slot the data later
+ * reads: the data keeps 'w' although the key becomes 'module.w'. */
+static void test_dup_memo(void)
+{
+	struct ck_buf in = {0}, want = {0};
+
+	for (int pass = 0; pass < 2; pass++) {
+		struct ck_buf *b = pass ? &want : &in;
+		pk_proto(b, 2);
+		pk_op(b, ']');
+		pk_put(b, 0);
+		pk_op(b, '(');
+		pk_op(b, '}');
+		pk_put(b, 1);
+		pk_str(b, pass ? "module.w" : "w");
+		if (pass)
+			pk_str(b, "w"); /* the DUP would copy the renamed key */
+		else
+			pk_op(b, '2');
+		pk_put(b, 2);
+		pk_op(b, '0');
+		pk_tensor(b, 3, 1);
+		pk_op(b, 's');
+		pk_get(b, 2);
+		pk_op(b, 'e');
+		pk_op(b, '.');
+	}
+	expect_rewrite("a DUPed key in a memo slot: data read from the slot keeps its value", &in, &ck_view_ddp,
+		       &want);
+	ck_buf_free(&in);
+	ck_buf_free(&want);
+}
+
 int main(void)
 {
 	test_plain_and_ddp();
@@ -527,5 +604,7 @@ int main(void)
 	test_protocol4();
 	test_many_keys();
 	test_hostile();
+	test_stack_global_at_growth();
+	test_dup_memo();
 	return tap_done();
 }
