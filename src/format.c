@@ -20,7 +20,7 @@ const char *ck_format_name(enum ck_format f)
 int ck_view_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
 		   enum ck_format *fmt, struct ck_err *e)
 {
-	uint8_t head[32];
+	uint8_t head[4096]; /* one page: a safetensors header may begin with whitespace */
 	size_t n = src->size < sizeof(head) ? (size_t)src->size : sizeof(head);
 	enum ck_zip_kind kind;
 
