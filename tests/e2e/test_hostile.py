@@ -32,6 +32,7 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import random
 import re
 import struct
@@ -674,3 +675,181 @@ def _rss(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) << 10
     raise AssertionError("no VmRSS for %d" % pid)
+
+
+# --------------------------------------------------------------------------
+# issue 9: one hostile file harms only itself.  Each test makes its own
+# files and mount; after each, the daemon is alive and serves an intact file.
+
+def _put(src, rel, data):
+    p = os.path.join(src, rel)
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    with open(p, "wb") as f:
+        f.write(data)
+    return p
+
+
+def _alive_after(m, src):
+    """The daemon lives and still rewrites an intact checkpoint."""
+    assert m.proc.poll() is None, "daemon died:\n" + m.log()[-3000:]
+    p = _put(src, "alive/ok.pt", _torch_bytes(nn.DataParallel(nn.Linear(2, 2)).state_dict()))
+    want = ckref.load(p)
+    for view in ckref.VIEWS:
+        ckref.assert_same(ckref.load(m.path(view, "alive/ok.pt")), ckref.transform(want, view))
+
+
+def _zip_of(records):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, data in records:
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _records(raw):
+    z = zipfile.ZipFile(io.BytesIO(raw))
+    return [(n, z.read(n)) for n in z.namelist()]
+
+
+def _unframed(pkl):
+    """A protocol-4 pickle without its FRAME opcodes (frames are optional),
+    so that bytes can be inserted."""
+    out, pos = bytearray(), 0
+    for op, _arg, at in pickletools.genops(pkl):
+        if op.name == "FRAME":
+            out += pkl[pos:at]
+            pos = at + 9
+    return bytes(out + pkl[pos:])
+
+
+def test_stack_global_at_object_array_growth(mount_factory, tmp_path):
+    """A protocol-4 checkpoint whose first STACK_GLOBAL comes exactly when
+    the daemon's object array grows (a MARK of padding strings before it):
+    the mount stays up and the file is rewritten right (the daemon used to
+    read the global's name from the array's freed old place)."""
+    src = str(tmp_path / "src")
+    sd = nn.DataParallel(nn.Linear(2, 2)).state_dict()
+    buf = io.BytesIO()
+    torch.save(sd, buf, pickle_protocol=4)
+    recs = _records(buf.getvalue())
+    pkl = _unframed([d for n, d in recs if n.endswith("data.pkl")][0])
+    assert pkl[:2] == b"\x80\x04" and b"\x93" in pkl
+    # objects before the first STACK_GLOBAL's own: object 0, the padding and
+    # what the pickle pushes before it (two strings); 131072 is a capacity
+    # of the array (each step doubles from 16) where it moves from one
+    # mapping of its own to another, a few counts around it cover the rest
+    names = []
+    for pad in range(131072 - 7, 131072 + 1):
+        body = pkl[:2] + b"(" + b"\x8c\x01a" * pad + b"1" + pkl[2:]
+        rel = "sg/pad%d.pt" % pad
+        _put(src, rel, _zip_of([(n, body if n.endswith("data.pkl") else d) for n, d in recs]))
+        names.append(rel)
+    m = mount_factory(src)
+    for rel in names:
+        want = ckref.load(os.path.join(src, rel))
+        for view in ckref.VIEWS:
+            ckref.assert_same(ckref.load(m.path(view, rel)), ckref.transform(want, view))
+    _alive_after(m, src)
+
+
+def test_dup_into_memo_keeps_data_strings(mount_factory, tmp_path):
+    """[{'w': T}, 'w'] where the key was DUPed into the memo slot that the
+    second 'w' reads: in ddp/ the key becomes 'module.w', the data stays 'w'."""
+    src = str(tmp_path / "src")
+    buf = io.BytesIO()
+    torch.save([{"w": torch.arange(3.0)}, "w"], buf, pickle_protocol=2)
+    recs = _records(buf.getvalue())
+    pkl = [d for n, d in recs if n.endswith("data.pkl")][0]
+    key = b"X\x01\x00\x00\x00wq\x02"
+    assert pkl.count(key) == 1 and pkl.count(b"h\x02") == 1, pkl
+    dup = pkl.replace(key, b"X\x01\x00\x00\x00w2q\x020")      # DUP, BINPUT 2, POP
+    _put(src, "dup.pt", _zip_of([(n, dup if n.endswith("data.pkl") else d) for n, d in recs]))
+    want = ckref.load(os.path.join(src, "dup.pt"))
+    assert want[1] == "w"
+    m = mount_factory(src)
+    for view in ckref.VIEWS:
+        got = ckref.load(m.path(view, "dup.pt"))
+        ckref.assert_same(got, ckref.transform(want, view))
+        assert got[1] == "w", (view, got)
+    assert list(ckref.load(m.path("ddp", "dup.pt"))[0]) == ["module.w"]
+    _alive_after(m, src)
+
+
+def _set_cd_flag(raw, bit):
+    z = bytearray(raw)
+    cd = z.index(b"PK\x01\x02")
+    z[cd + 8] |= bit
+    return bytes(z)
+
+
+def test_ordinary_zips_pass_through(mount_factory, tmp_path):
+    """Zips that are no checkpoints pass through unchanged even where they
+    break rules of torch's reader: an encrypted entry, the disk numbers of a
+    multi-volume archive, a central directory over the 256 MiB limit."""
+    src = str(tmp_path / "src")
+    plain_zip = _zip_of([("a.txt", b"hello\n"), ("b/c.txt", b"x" * 100)])
+    files = {"encrypted.zip": _set_cd_flag(plain_zip, 1)}
+    z = bytearray(plain_zip)
+    e = z.rindex(b"PK\x05\x06")
+    z[e + 4:e + 8] = struct.pack("<HH", 2, 2)          # this disk, the directory's disk
+    files["multidisk.zip"] = bytes(z)
+    # a directory of 300 MiB: one real entry, then a sparse hole
+    cd = plain_zip.index(b"PK\x01\x02")
+    first = plain_zip[cd:plain_zip.index(b"PK\x01\x02", cd + 4)]
+    for rel, data in files.items():
+        _put(src, rel, data)
+    big = os.path.join(src, "bigcd.zip")
+    cd_size = 300 << 20
+    with open(big, "wb") as f:
+        f.write(plain_zip[:cd] + first)
+        f.seek(cd + cd_size)
+        f.write(struct.pack("<IHHHHIIH", 0x06054b50, 0, 0, 2, 2, cd_size, cd, 0))
+    m = mount_factory(src)
+    for view in ckref.VIEWS:
+        for rel, data in files.items():
+            assert read_bytes(m.path(view, rel)) == data, (view, rel)
+        with open(m.path(view, "bigcd.zip"), "rb") as f, open(big, "rb") as g:
+            assert f.read(1 << 16) == g.read(1 << 16)
+            f.seek(-4096, 2)
+            g.seek(-4096, 2)
+            assert f.read() == g.read()
+    # a checkpoint with such an entry is still refused (torch refuses it)
+    ck = _torch_bytes({"module.w": torch.zeros(2)})
+    _put(src, "ck_encrypted.pt", _set_cd_flag(ck, 1))
+    for view in ckref.VIEWS:
+        with pytest.raises(OSError) as ei:
+            read_bytes(m.path(view, "ck_encrypted.pt"))
+        assert ei.value.errno == errno.EIO
+    _alive_after(m, src)
+
+
+def test_detects_what_torch_and_safetensors_load(mount_factory, tmp_path):
+    """A legacy file of pickle protocol 1, a zip whose records are named in
+    capitals and a safetensors header that starts with whitespace are loaded
+    by their readers: each is a checkpoint, rewritten in the views."""
+    src = str(tmp_path / "src")
+    sd = nn.DataParallel(nn.Linear(2, 2)).state_dict()
+    buf = io.BytesIO()
+    torch.save(sd, buf, _use_new_zipfile_serialization=False, pickle_protocol=1)
+    assert buf.getvalue()[:1] == b"L"
+    _put(src, "proto1.pt", buf.getvalue())
+    recs = _records(_torch_bytes(sd))
+    _put(src, "caps.pt", _zip_of([(n.replace("data.pkl", "DATA.PKL").replace("/version", "/VERSION"), d)
+                                   for n, d in recs]))
+    for rel in ("proto1.pt", "caps.pt"):
+        want = torch.load(os.path.join(src, rel), map_location="cpu", weights_only=False)
+        assert list(want) == list(sd)                  # torch loads the source
+    st = _st_bytes()
+    n = struct.unpack("<Q", st[:8])[0]
+    text = b"  \n\t" + st[8:8 + n]
+    text += b" " * ((8 - len(text) % 8) % 8)
+    st_ws = struct.pack("<Q", len(text)) + text + st[8 + n:]
+    ref = _st_load(st_ws)
+    _put(src, "ws.safetensors", st_ws)
+    m = mount_factory(src)
+    for view in ckref.VIEWS:
+        for rel in ("proto1.pt", "caps.pt"):
+            got = torch.load(m.path(view, rel), map_location="cpu", weights_only=False)
+            ckref.assert_same(got, ckref.transform(sd, view))
+        assert _st_load(read_bytes(m.path(view, "ws.safetensors"))) == _reference("st", ref, view)
+    _alive_after(m, src)
