@@ -818,6 +818,7 @@ struct plan {
 	struct str *val;  /* per op: the string it pushes in the output, when it differs */
 	uint8_t *ins;     /* per op: insert the wrapper's ('', {'version': 1}) before it */
 	bool any;
+	uint64_t max_out; /* the output's bound (CK_PICKLE_GROWTH in pickle.h) */
 };
 
 struct seen_key {
@@ -891,6 +892,7 @@ static int assign(struct machine *m, struct plan *p, const struct dict *d, struc
 		if (!key_op_rewritable(m->in[m->ops[it->key_op].pos]))
 			return fail(m, it->key_op, "state-dict key is neither a string nor a memo reference");
 		free(p->val[it->key_op].s);
+		p->max_out += names[k].len + 5u;
 		p->val[it->key_op] = names[k];
 		names[k].s = NULL;
 		p->any = true;
@@ -1041,6 +1043,13 @@ static int emit(struct machine *m, struct plan *p, struct ck_buf *out)
 			FLUSH_TO(o->pos);
 			emit_str(out, want.s, want.len);
 			from = o->pos + o->len;
+			if (out->len > p->max_out) {
+				big_free(slot, (size_t)m->nmemo * sizeof(*slot));
+				return ck_err_set(m->e, EIO,
+						  "pickle offset %u: copies of renamed strings would make the view's "
+						  "pickle larger than %llu bytes (twice the source's + 1 MiB + the new keys)",
+						  o->pos, (unsigned long long)p->max_out);
+			}
 			break;
 		}
 		case 'q': case 'r': case 'p': case 0x94:
@@ -1082,7 +1091,7 @@ enum ck_pickle_result ck_pickle_rewrite(const uint8_t *in, size_t n, const struc
 					struct ck_buf *out, struct ck_err *e)
 {
 	struct machine m = {.in = in, .n = n, .e = e};
-	struct plan p = {0};
+	struct plan p = {.max_out = 2 * (uint64_t)n + CK_PICKLE_GROWTH};
 	enum ck_pickle_result r = CK_PICKLE_ERROR;
 
 	if (tokenize(&m) || run(&m) || find_state_dicts(&m, m.stack[m.sp - 1].obj))

@@ -853,3 +853,25 @@ def test_detects_what_torch_and_safetensors_load(mount_factory, tmp_path):
             ckref.assert_same(got, ckref.transform(sd, view))
         assert _st_load(read_bytes(m.path(view, "ws.safetensors"))) == _reference("st", ref, view)
     _alive_after(m, src)
+
+
+def test_memo_amplification_is_bounded(mount_factory, tmp_path):
+    """A 1 MiB key string that the pickle fetches 64 times as data (2 bytes
+    each) would make a 64 MiB view: the file fails with EIO and a logged
+    offset instead; with one fetch it is served."""
+    src = str(tmp_path / "src")
+    key = "module." + "a" * (1 << 20)
+    _put(src, "amp64.pt", _torch_bytes({"sd": {key: torch.zeros(1)}, "notes": [key] * 64}))
+    _put(src, "amp1.pt", _torch_bytes({"sd": {key: torch.zeros(1)}, "notes": [key]}))
+    m = mount_factory(src)
+    with pytest.raises(OSError) as ei:
+        read_bytes(m.path("plain", "amp64.pt"))
+    assert ei.value.errno == errno.EIO
+    assert os.path.getsize(m.path("ddp", "amp64.pt")) == os.path.getsize(os.path.join(src, "amp64.pt"))
+    want = ckref.load(os.path.join(src, "amp1.pt"))
+    ckref.assert_same(ckref.load(m.path("plain", "amp1.pt")), ckref.transform(want, "plain"))
+    deadline = time.monotonic() + 3
+    while not re.search(r"plain/amp64\.pt: .*offset \d+.*larger than", m.log()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert re.search(r"plain/amp64\.pt: .*offset \d+.*larger than", m.log()), m.log()[-2000:]
+    _alive_after(m, src)

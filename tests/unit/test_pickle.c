@@ -593,6 +593,44 @@ static void test_dup_memo(void)
 	ck_buf_free(&want);
 }
 
+/* A 1 MiB key string fetched 64 times as data: each fetch would become a
+ * 1 MiB literal in the view. Past twice the source + 1 MiB + the keys, the
+ * file fails instead; one fetch is fine. */
+static void test_amplification(void)
+{
+	char *key = malloc((1 << 20) + 8);
+
+	memcpy(key, "module.", 7);
+	memset(key + 7, 'a', 1 << 20);
+	key[(1 << 20) + 7] = 0;
+	for (int copies = 1; copies <= 64; copies += 63) {
+		struct ck_buf in = {0}, out;
+		struct ck_err e;
+		pk_proto(&in, 2);
+		pk_op(&in, ']');
+		pk_op(&in, '(');
+		pk_op(&in, '}');
+		pk_str(&in, key);
+		pk_put(&in, 1);
+		pk_tensor(&in, 3, 1);
+		pk_op(&in, 's');
+		for (int k = 0; k < copies; k++)
+			pk_get(&in, 1);
+		pk_op(&in, 'e');
+		pk_op(&in, '.');
+		enum ck_pickle_result r = rewrite(&in, &ck_view_plain, &out, &e);
+		if (copies == 1)
+			ok(r == CK_PICKLE_REWRITTEN && out.len < 2 * in.len,
+			   "one copy of a 1 MiB key as data: rewritten (%zu bytes from %zu; %s)", out.len, in.len, e.msg);
+		else
+			ok(r == CK_PICKLE_ERROR && strstr(e.msg, "larger than") && strstr(e.msg, "offset"),
+			   "64 copies of a 1 MiB key as data: refused (%d, %s)", r, e.msg);
+		ck_buf_free(&in);
+		ck_buf_free(&out);
+	}
+	free(key);
+}
+
 int main(void)
 {
 	test_plain_and_ddp();
@@ -606,5 +644,6 @@ int main(void)
 	test_hostile();
 	test_stack_global_at_growth();
 	test_dup_memo();
+	test_amplification();
 	return tap_done();
 }
