@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <uthash.h>
+#include "hash.h"
 
 /* ---- opcodes ---------------------------------------------------------- */
 
@@ -876,6 +876,8 @@ static int check_collisions(struct machine *m, const struct dict *d, const struc
 		}
 		all[k] = (struct seen_key){.s = names[k].s, .len = names[k].len, .orig = d->items[k].key};
 		HASH_ADD_KEYPTR(hh, set, all[k].s, all[k].len, &all[k]);
+		if (CK_HASH_ADD_FAILED(&all[k]))
+			rc = ck_err_nomem(m->e);
 	}
 	HASH_ITER(hh, set, x, tmp) HASH_DEL(set, x);
 	free(all);

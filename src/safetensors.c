@@ -8,7 +8,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
-#include <uthash.h>
+#include "hash.h"
 
 #define METADATA "__metadata__"
 
@@ -237,6 +237,10 @@ static int rename_header(const char *hdr, size_t n, json_t *root, uint64_t data_
 			break;
 		}
 		HASH_ADD_KEYPTR(hh, names, all[k].s, nl, &all[k]);
+		if (CK_HASH_ADD_FAILED(&all[k])) {
+			rc = ck_err_nomem(e);
+			break;
+		}
 		if (nk && (nl != klen || memcmp(nk, key, nl) != 0)) {
 			ck_buf_append(out, hdr + from, kstart - from);
 			put_json_string(out, nk, nl);

@@ -4,11 +4,20 @@
 #include <stdlib.h>
 #include <unistd.h>
 #include <string.h>
+#include <errno.h>
+#include "hash.h"
 #include "pickle.h"
 #include "pk.h"
 #include "tap.h"
 
 enum { ODICT = 0, REBUILD = 3 }; /* memo slots of the two globals */
+
+/* uthash's allocator (src/hash.c's is not linked in): fails on demand. */
+static int hash_oom;
+void *ck_hash_malloc(size_t n)
+{
+	return hash_oom ? NULL : malloc(n);
+}
 
 static enum ck_pickle_result rewrite(const struct ck_buf *in, const struct ck_view *v, struct ck_buf *out,
 				     struct ck_err *e)
@@ -631,6 +640,23 @@ static void test_amplification(void)
 	free(key);
 }
 
+/* uthash out of memory: an error for this pickle, not exit() (issue 9). */
+static void test_hash_oom(void)
+{
+	struct sd_spec ddp = {{"module.0.weight", "module.0.bias"}, {"", "module", "module.0"}, 0};
+	struct ck_buf in, out;
+	struct ck_err e;
+
+	build_sd(&in, &ddp);
+	hash_oom = 1;
+	enum ck_pickle_result r = rewrite(&in, &ck_view_plain, &out, &e);
+	hash_oom = 0;
+	ok(r == CK_PICKLE_ERROR && e.code == ENOMEM, "the key table out of memory fails the pickle (%d, %s)", r,
+	   e.msg);
+	ck_buf_free(&in);
+	ck_buf_free(&out);
+}
+
 int main(void)
 {
 	test_plain_and_ddp();
@@ -645,5 +671,6 @@ int main(void)
 	test_stack_global_at_growth();
 	test_dup_memo();
 	test_amplification();
+	test_hash_oom();
 	return tap_done();
 }
