@@ -875,3 +875,24 @@ def test_memo_amplification_is_bounded(mount_factory, tmp_path):
         time.sleep(0.1)
     assert re.search(r"plain/amp64\.pt: .*offset \d+.*larger than", m.log()), m.log()[-2000:]
     _alive_after(m, src)
+
+
+def test_names_cannot_forge_log_lines(mount_factory, tmp_path):
+    """A broken checkpoint whose name holds a newline and a forged log line:
+    its error is logged on one line, the control characters escaped."""
+    src = str(tmp_path / "src")
+    forged = "ckptfs: plain/victim.pt: forged at offset 0"
+    name = "evil\n%s\r\x1b[2K.pt" % forged
+    _put(src, name, _torch_bytes({"module.w": torch.zeros(2)})[:-30])
+    m = mount_factory(src)
+    with pytest.raises(OSError) as ei:
+        read_bytes(m.path("plain", name))
+    assert ei.value.errno == errno.EIO
+    deadline = time.monotonic() + 3
+    while "evil" not in m.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = [ln for ln in m.log().splitlines() if "evil" in ln or "forged" in ln]
+    assert lines and all(ln.startswith("ckptfs: plain/evil\\x0a" + forged + "\\x0d\\x1b[2K.pt: ")
+                         for ln in lines), lines
+    assert not any(ln.startswith(forged) for ln in m.log().splitlines())
+    _alive_after(m, src)
