@@ -148,15 +148,22 @@ static int open_source(struct ck_fs *fs, const struct ck_located *loc, struct so
 	struct ck_cache_key key;
 	struct ck_err e;
 
-	sf->fd = reopen(loc, O_RDONLY | O_NOCTTY);
+	/* O_NONBLOCK: a lease on the source (any owner may take one) makes
+	 * the open fail at once instead of stalling this thread and every
+	 * lookup in its directory until the lease breaks */
+	view_path(fs, loc, name, sizeof(name));
+	sf->fd = reopen(loc, O_RDONLY | O_NOCTTY | O_NONBLOCK);
+	if (sf->fd == -EWOULDBLOCK) {
+		ck_log(LOG_WARNING, "%s: the source is under a lease; not read until it is released", name);
+		return sf->fd;
+	}
 	if (sf->fd < 0)
 		return sf->fd;
-	if (fstat(sf->fd, &sf->st)) {
+	if (fcntl(sf->fd, F_SETFL, O_RDONLY) || fstat(sf->fd, &sf->st)) {
 		int err = -errno;
 		close(sf->fd);
 		return err;
 	}
-	view_path(fs, loc, name, sizeof(name));
 	src = (struct ck_src){.fd = sf->fd, .size = (uint64_t)sf->st.st_size, .name = name};
 	key = ck_cache_key_of(&sf->st, fs->views[loc->view]);
 	sf->ent = ck_cache_get(fs->cache, &key, &src, &e);
@@ -198,7 +205,7 @@ static int located_attr(struct ck_fs *fs, const struct ck_located *loc, uint64_t
 		return 0;
 	}
 	err = open_source(fs, loc, &sf);
-	if (err == -EACCES || err == -EPERM) {
+	if (err == -EACCES || err == -EPERM || err == -EWOULDBLOCK) {
 		view_attr(&loc->st, id, NULL, attr);
 		return 0;
 	}
@@ -396,7 +403,7 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out,
 	close(loc.fd);
 	if (err) {
 		free(of);
-		return err;
+		return err == -EWOULDBLOCK ? -EIO : err;
 	}
 	if (ck_cache_built(of->src.ent)->err.code) { /* logged when it was built */
 		close_view_file(fs, of);

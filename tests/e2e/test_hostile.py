@@ -896,3 +896,48 @@ def test_names_cannot_forge_log_lines(mount_factory, tmp_path):
                          for ln in lines), lines
     assert not any(ln.startswith(forged) for ln in m.log().splitlines())
     _alive_after(m, src)
+
+
+_LEASE_HOLDER = r"""
+import fcntl, os, signal, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.setgid(65534)
+os.setuid(65534)
+signal.signal(signal.SIGIO, signal.SIG_IGN)     # keep the lease when asked to break it
+fcntl.fcntl(fd, 1024, fcntl.F_WRLCK)            # F_SETLEASE
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_lease_on_a_source_stalls_nobody(mount_factory, tmp_path):
+    """A user takes a write lease on a file they own in the source: a stat,
+    a lookup of a sibling and an open through the mount return at once (the
+    lease file shows its source attributes, its open fails with EIO) instead
+    of waiting for the lease to break; once released, it is served."""
+    import subprocess
+    import sys
+    src = str(tmp_path / "src")
+    sd = nn.DataParallel(nn.Linear(2, 2)).state_dict()
+    held = _put(src, "leased/held.pt", _torch_bytes(sd))
+    _put(src, "leased/other.pt", _torch_bytes(sd))
+    os.chown(held, 65534, 65534)
+    m = mount_factory(src)
+    holder = subprocess.Popen([sys.executable, "-c", _LEASE_HOLDER, held], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"ready\n"
+        got = _bounded(lambda: ("ok", os.stat(m.path("plain", "leased", "held.pt"))))
+        assert got[0] == "ok", got
+        assert got[1].st_size == os.path.getsize(held)
+        got = _bounded(lambda: ("ok", os.stat(m.path("plain", "leased", "other.pt"))))
+        assert got[0] == "ok", got
+        got = _bounded(lambda: _read(m.path("ddp", "leased", "held.pt")))
+        assert got == ("err", errno.EIO), got
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    time.sleep(1.1)                                 # past the attribute timeout
+    for view in ckref.VIEWS:
+        ckref.assert_same(ckref.load(m.path(view, "leased", "held.pt")), ckref.transform(sd, view))
+    _alive_after(m, src)
