@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <utlist.h>
 #include "cache.h"
+#include "fdquota.h"
 #include "log.h"
 #include "nodes.h"
 #include "view.h"
@@ -39,6 +40,7 @@ struct ck_fs {
 	 * so the daemon closes what is left when it ends. */
 	pthread_mutex_t open_lock;
 	struct open_file *open_files;
+	struct ck_fdquota *fdq; /* each user's share of the descriptors */
 };
 
 /* A regular source file open for reading, with its built view held. */
@@ -54,6 +56,7 @@ struct open_file {
 	struct source_file src;
 	char name[VIEW_PATH_MAX];
 	atomic_flag told_changed;
+	uid_t uid;                     /* who opened it: its descriptor counts against them */
 	struct open_file *prev, *next; /* in fs->open_files */
 };
 
@@ -64,6 +67,7 @@ struct dir_handle {
 	unsigned view;
 	off_t offset;
 	struct dirent *pending; /* read but not yet replied: it did not fit */
+	uid_t uid;              /* who opened it: its descriptor counts against them */
 };
 
 struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t nviews, size_t cache_bytes,
@@ -75,7 +79,10 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 		ck_err_set(e, EINVAL, "at most %d views", CK_NODES_MAX_VIEWS);
 		return NULL;
 	}
-	if (!(fs = calloc(1, sizeof(*fs))) || !(fs->cache = ck_cache_new(cache_bytes))) {
+	if (!(fs = calloc(1, sizeof(*fs))) || !(fs->cache = ck_cache_new(cache_bytes)) ||
+	    !(fs->fdq = ck_fdquota_new(ck_fdquota_raise_limit()))) {
+		if (fs)
+			ck_cache_free(fs->cache);
 		free(fs);
 		ck_err_nomem(e);
 		return NULL;
@@ -87,6 +94,7 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 	if (!fs->nodes) {
 		ck_err_set(e, errno, "%s", strerror(errno));
 		ck_cache_free(fs->cache);
+		ck_fdquota_free(fs->fdq);
 		free(fs);
 		return NULL;
 	}
@@ -107,6 +115,7 @@ void ck_fs_free(struct ck_fs *fs)
 	pthread_mutex_destroy(&fs->open_lock);
 	ck_nodes_free(fs->nodes);
 	ck_cache_free(fs->cache);
+	ck_fdquota_free(fs->fdq);
 	free(fs);
 }
 
@@ -378,6 +387,7 @@ static void release_view_file(struct ck_fs *fs, struct open_file *of)
 	pthread_mutex_lock(&fs->open_lock);
 	DL_DELETE(fs->open_files, of);
 	pthread_mutex_unlock(&fs->open_lock);
+	ck_fdquota_give(fs->fdq, of->uid);
 	close_view_file(fs, of);
 }
 
@@ -430,11 +440,14 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	err = open_view_file(fs, ino, &of, &keep_cache);
+	err = ck_fdquota_take(fs->fdq, fuse_req_ctx(req)->uid);
+	if (!err && (err = open_view_file(fs, ino, &of, &keep_cache)))
+		ck_fdquota_give(fs->fdq, fuse_req_ctx(req)->uid);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
+	of->uid = fuse_req_ctx(req)->uid;
 	fi->fh = (uintptr_t)of;
 	fi->keep_cache = keep_cache;
 	pthread_mutex_lock(&fs->open_lock);
@@ -576,8 +589,9 @@ static int open_dir(struct ck_fs *fs, uint64_t id, struct dir_handle **out)
 	return 0;
 }
 
-static void close_dir(struct dir_handle *d)
+static void close_dir(struct ck_fs *fs, struct dir_handle *d)
 {
+	ck_fdquota_give(fs->fdq, d->uid);
 	closedir(d->dp);
 	free(d);
 }
@@ -585,22 +599,28 @@ static void close_dir(struct dir_handle *d)
 /* The mount root's listing is made up; fh 0 stands for it. */
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	struct ck_fs *fs = fs_of(req);
 	struct dir_handle *d = NULL;
-	int err = ino == FUSE_ROOT_ID ? 0 : open_dir(fs_of(req), ino, &d);
+	uid_t uid = fuse_req_ctx(req)->uid;
+	int err = ino == FUSE_ROOT_ID ? 0 : ck_fdquota_take(fs->fdq, uid);
 
+	if (!err && ino != FUSE_ROOT_ID && (err = open_dir(fs, ino, &d)))
+		ck_fdquota_give(fs->fdq, uid);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
+	if (d)
+		d->uid = uid;
 	fi->fh = (uintptr_t)d;
 	if (fuse_reply_open(req, fi) && d) /* interrupted: no releasedir will come */
-		close_dir(d);
+		close_dir(fs, d);
 }
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	if (fi->fh)
-		close_dir((struct dir_handle *)(uintptr_t)fi->fh);
+		close_dir(fs_of(req), (struct dir_handle *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 

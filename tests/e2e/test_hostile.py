@@ -941,3 +941,73 @@ def test_lease_on_a_source_stalls_nobody(mount_factory, tmp_path):
     for view in ckref.VIEWS:
         ckref.assert_same(ckref.load(m.path(view, "leased", "held.pt")), ckref.transform(sd, view))
     _alive_after(m, src)
+
+
+_MANY_OPENS = r"""
+import os, resource, sys
+path, n = sys.argv[1], int(sys.argv[2])
+dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)   # the way in, as root
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+os.setgid(65534)
+os.setuid(65534)
+fds, err = [], 0
+for _ in range(n):
+    try:
+        fds.append(os.open(os.path.basename(path), os.O_RDONLY, dir_fd=dfd))
+    except OSError as e:
+        err = e.errno
+        break
+print(len(fds), err, flush=True)
+sys.stdin.read()
+"""
+
+
+def _with_nofile(monkeypatch, tmp_path, soft, hard):
+    """The next daemons start with these descriptor limits (through prlimit,
+    which execs the daemon in its place)."""
+    import conftest
+    real = getattr(conftest, "_real_ckptfs", conftest.CKPTFS)
+    monkeypatch.setattr(conftest, "_real_ckptfs", real, raising=False)
+    wrapper = tmp_path / ("ckptfs-nofile-%d" % hard)
+    wrapper.write_text('#!/bin/sh\nexec prlimit --nofile=%d:%d -- %s "$@"\n' % (soft, hard, real))
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(conftest, "CKPTFS", str(wrapper))
+
+
+def test_one_user_cannot_take_every_descriptor(mount_factory, tmp_path, monkeypatch):
+    """The daemon starts with the usual soft limit of 1024 descriptors. With
+    a hard limit of 20000 it raises its soft one: 1100 open view files of
+    one user work. With a hard limit of 2048, that user gets EMFILE after
+    (2048 - 256) / 4 = 448 while root still opens and looks up files; once
+    the user closes theirs, they open again."""
+    import resource
+    import subprocess
+    import sys
+    src = str(tmp_path / "src")
+    sd = nn.DataParallel(nn.Linear(2, 2)).state_dict()
+    _put(src, "d/a.pt", _torch_bytes(sd))
+    _put(src, "d/b.pt", _torch_bytes(sd))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    for daemon_hard, want_n, want_err in ((min(hard, 20000), 1100, 0), (2048, 448, errno.EMFILE)):
+        _with_nofile(monkeypatch, tmp_path, 1024, daemon_hard)
+        m = mount_factory(src, opts=("allow_other",))
+        user = subprocess.Popen([sys.executable, "-c", _MANY_OPENS, m.path("plain", "d", "a.pt"), "1100"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            n, err = map(int, user.stdout.readline().split())
+            assert (n, err) == (want_n, want_err), (daemon_hard, n, errno.errorcode.get(err))
+            # root is not shut out: a new lookup and an open with a read
+            for view in ckref.VIEWS:
+                ckref.assert_same(ckref.load(m.path(view, "d", "b.pt")), ckref.transform(sd, view))
+        finally:
+            user.stdin.close()
+            user.wait(timeout=30)
+        user = subprocess.Popen([sys.executable, "-c", _MANY_OPENS, m.path("plain", "d", "a.pt"), "10"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert user.stdout.readline().split() == [b"10", b"0"]
+        finally:
+            user.stdin.close()
+            user.wait(timeout=30)
+        _alive_after(m, src)
