@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 #include <utlist.h>
 #include "cache.h"
@@ -117,6 +118,55 @@ void ck_fs_free(struct ck_fs *fs)
 	ck_cache_free(fs->cache);
 	ck_fdquota_free(fs->fdq);
 	free(fs);
+}
+
+/* mountinfo escapes space, tab, newline and backslash as \ooo. */
+static void unescape_octal(char *s)
+{
+	char *o = s;
+
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' && s[3] >= '0' &&
+		    s[3] <= '7') {
+			*o++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+			s += 3;
+		} else {
+			*o++ = *s;
+		}
+	}
+	*o = '\0';
+}
+
+void ck_fs_note_mount(struct ck_fs *fs, const char *mountpoint)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	dev_t dev = 0;
+
+	if (!f) {
+		ck_log(LOG_WARNING, "/proc/self/mountinfo: %s; a mount inside its own source is not detected",
+		       strerror(errno));
+		return;
+	}
+	/* "ID PARENT MAJOR:MINOR ROOT MOUNTPOINT ...": the last match is on top */
+	while (getline(&line, &cap, f) > 0) {
+		unsigned maj, min;
+		char *mp = NULL;
+		if (sscanf(line, "%*u %*u %u:%u %*s %ms", &maj, &min, &mp) == 3) {
+			unescape_octal(mp);
+			if (strcmp(mp, mountpoint) == 0)
+				dev = makedev(maj, min);
+		}
+		free(mp);
+	}
+	free(line);
+	fclose(f);
+	if (dev)
+		ck_nodes_set_self_dev(fs->nodes, dev);
+	else
+		ck_log(LOG_WARNING, "%s: not in /proc/self/mountinfo; a mount inside its own source is not detected",
+		       mountpoint);
 }
 
 static struct ck_fs *fs_of(fuse_req_t req)

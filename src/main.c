@@ -366,6 +366,7 @@ static int cmd_mount(int argc, char **argv)
 		exit(EXIT_USAGE); /* bad -o option; libfuse said which */
 	if (fuse_set_signal_handlers(se) || fuse_session_mount(se, mountpoint_real))
 		exit(EXIT_RUNTIME);
+	ck_fs_note_mount(fs, mountpoint_real);
 	raise_read_ahead(mountpoint_real);
 	if (fuse_daemonize(a.foreground)) {
 		fuse_session_unmount(se);

@@ -1011,3 +1011,41 @@ def test_one_user_cannot_take_every_descriptor(mount_factory, tmp_path, monkeypa
             user.stdin.close()
             user.wait(timeout=30)
         _alive_after(m, src)
+
+
+def _sh(*args):
+    import subprocess
+    subprocess.run(args, check=True, timeout=30, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_mount_inside_its_own_source_through_an_alias(mount_factory, tmp_path):
+    """SOURCE is shared with an alias (mount --bind, shared propagation, as
+    systemd sets up), and the mount point lies in the alias: by path it is
+    not inside SOURCE, yet the mount appears there. The daemon refuses to
+    enter itself (ELOOP) instead of recursing until every thread waits on
+    another: a deep stat returns, the mount lives."""
+    src, alias = str(tmp_path / "src"), str(tmp_path / "alias")
+    sd = nn.DataParallel(nn.Linear(2, 2)).state_dict()
+    _put(src, "ok.pt", _torch_bytes(sd))
+    os.makedirs(os.path.join(src, "mnt"))
+    os.makedirs(alias)
+    _sh("mount", "--bind", src, src)
+    try:
+        _sh("mount", "--make-shared", src)
+        _sh("mount", "--bind", src, alias)
+        try:
+            m = mount_factory(src, name="alias/mnt")
+            try:
+                assert os.path.ismount(os.path.join(src, "mnt")), "no propagation into the source"
+                deep = m.path("plain", *(["mnt", "plain"] * 100), "ok.pt")
+                got = _bounded(lambda: _read(deep))
+                assert got == ("err", errno.ELOOP), got
+                got = _bounded(lambda: ("ok", os.listdir(m.path("ddp"))))
+                assert got[0] == "ok" and "mnt" in got[1], got
+                _alive_after(m, src)
+            finally:
+                assert not m.stop(), m.log()
+        finally:
+            _sh("umount", "-l", alias)
+    finally:
+        _sh("umount", "-l", src)
