@@ -786,7 +786,27 @@ static void add_xattr(struct xattrs *xs, const char *name, const char *value)
 	xs->n++;
 }
 
-static int file_xattrs(struct ck_fs *fs, const struct ck_located *loc, struct xattrs *xs)
+/* Whether the requester may read a source file by its mode bits, as
+ * default_permissions decides for the view. */
+static bool may_read(fuse_req_t req, const struct stat *st)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	gid_t groups[64];
+	int n;
+
+	if (ctx->uid == 0 || ctx->uid == st->st_uid)
+		return ctx->uid == 0 || (st->st_mode & S_IRUSR);
+	if (ctx->gid == st->st_gid)
+		return st->st_mode & S_IRGRP;
+	n = fuse_req_getgroups(req, (int)(sizeof(groups) / sizeof(groups[0])), groups);
+	for (int i = 0; i < n && i < (int)(sizeof(groups) / sizeof(groups[0])); i++)
+		if (groups[i] == st->st_gid)
+			return st->st_mode & S_IRGRP;
+	return st->st_mode & S_IROTH;
+}
+
+/* The error of a file says what is inside it: only for who may read it. */
+static int file_xattrs(struct ck_fs *fs, fuse_req_t req, const struct ck_located *loc, struct xattrs *xs)
 {
 	const struct ck_built *b;
 	struct source_file sf;
@@ -796,13 +816,13 @@ static int file_xattrs(struct ck_fs *fs, const struct ck_located *loc, struct xa
 		return err;
 	b = ck_cache_built(sf.ent);
 	add_xattr(xs, "user.ckptfs.format", ck_format_name(b->format));
-	if (b->err.code)
+	if (b->err.code && may_read(req, &sf.st))
 		add_xattr(xs, "user.ckptfs.error", b->err.msg);
 	close_source(fs, &sf);
 	return 0;
 }
 
-static int node_xattrs(struct ck_fs *fs, uint64_t id, struct xattrs *xs)
+static int node_xattrs(struct ck_fs *fs, fuse_req_t req, uint64_t id, struct xattrs *xs)
 {
 	struct ck_located loc;
 	char builds[32];
@@ -818,7 +838,7 @@ static int node_xattrs(struct ck_fs *fs, uint64_t id, struct xattrs *xs)
 	if (err)
 		return err;
 	if (S_ISREG(loc.st.st_mode))
-		err = file_xattrs(fs, &loc, xs);
+		err = file_xattrs(fs, req, &loc, xs);
 	close(loc.fd);
 	return err;
 }
@@ -845,7 +865,7 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		fuse_reply_err(req, ENODATA);
 		return;
 	}
-	err = node_xattrs(fs_of(req), ino, &xs);
+	err = node_xattrs(fs_of(req), req, ino, &xs);
 
 	if (err) {
 		fuse_reply_err(req, -err);
@@ -865,7 +885,7 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	char names[128];
 	size_t len = 0;
 	struct xattrs xs;
-	int err = node_xattrs(fs_of(req), ino, &xs);
+	int err = node_xattrs(fs_of(req), req, ino, &xs);
 
 	if (err) {
 		fuse_reply_err(req, -err);

@@ -1049,3 +1049,42 @@ def test_mount_inside_its_own_source_through_an_alias(mount_factory, tmp_path):
             _sh("umount", "-l", alias)
     finally:
         _sh("umount", "-l", src)
+
+
+_XATTRS_AS_NOBODY = r"""
+import os, sys
+dfd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)     # the way in, as root
+os.setgid(65534)
+os.setgroups([])
+os.setuid(65534)
+for name in sys.argv[2:]:
+    path = "/proc/self/fd/%d/%s" % (dfd, name)
+    try:
+        v = os.getxattr(path, "user.ckptfs.error").decode()
+    except OSError as e:
+        v = "errno %d" % e.errno
+    print(name, sorted(os.listxattr(path)), v, flush=True)
+"""
+
+
+def test_error_attribute_only_for_readers(mount_factory, tmp_path):
+    """A broken checkpoint's user.ckptfs.error tells what is inside it: a
+    user who may not read the source (0600, root's) does not see it; for a
+    0644 one they do, and root sees both."""
+    import subprocess
+    import sys
+    src = str(tmp_path / "src")
+    broken = _torch_bytes({"module.w": torch.zeros(2)})[:-30]
+    for name, mode in (("secret.pt", 0o600), ("public.pt", 0o644)):
+        os.chmod(_put(src, "d/" + name, broken), mode)
+    m = mount_factory(src, opts=("allow_other",))
+    for name in ("secret.pt", "public.pt"):
+        assert os.getxattr(m.path("plain", "d", name), "user.ckptfs.error")
+    out = subprocess.run([sys.executable, "-c", _XATTRS_AS_NOBODY, m.path("plain", "d"), "secret.pt",
+                          "public.pt"], stdout=subprocess.PIPE, check=True, timeout=60).stdout.decode()
+    lines = dict(ln.split(" ", 1) for ln in out.splitlines())
+    # the kernel checks read permission for a user.* value; the list is ours
+    assert lines["secret.pt"] == "['user.ckptfs.format'] errno %d" % errno.EACCES, out
+    assert lines["public.pt"].startswith("['user.ckptfs.error', 'user.ckptfs.format'] "), out
+    assert "offset" in lines["public.pt"], out
+    _alive_after(m, src)
