@@ -218,7 +218,7 @@ static int open_source(struct ck_fs *fs, const struct ck_located *loc, struct so
 	}
 	if (sf->fd < 0)
 		return sf->fd;
-	if (fcntl(sf->fd, F_SETFL, O_RDONLY) || fstat(sf->fd, &sf->st)) {
+	if (fcntl(sf->fd, F_SETFL, 0) /* blocking reads again */ || fstat(sf->fd, &sf->st)) {
 		int err = -errno;
 		close(sf->fd);
 		return err;
