@@ -324,10 +324,12 @@ static int classify(struct archive *a, uint64_t n_entries, enum ck_zip_kind *kin
 			break; /* the first name has no directory: no torch archive */
 		p += len;
 	}
-	*kind = !nm.dir || !nm.torch_like ? CK_ZIP_NOT_TORCH
-		: nm.constants	      ? CK_ZIP_TORCHSCRIPT
-		: nm.version && nm.pkl ? CK_ZIP_CHECKPOINT
-				       : CK_ZIP_NOT_TORCH;
+	if (!nm.dir || !nm.torch_like)
+		*kind = CK_ZIP_NOT_TORCH;
+	else if (nm.constants)
+		*kind = CK_ZIP_TORCHSCRIPT;
+	else
+		*kind = nm.version && nm.pkl ? CK_ZIP_CHECKPOINT : CK_ZIP_NOT_TORCH;
 	*dl = nm.dl;
 	rc = 0;
 out:
@@ -614,7 +616,8 @@ int ck_torchzip_layout(const struct ck_src *src, const struct ck_view *v, struct
 		rc = 0;
 		goto out;
 	}
-	if (check_checkpoint(&a, n_entries, dl, &pkl_ent) || read_pickle(&a, pkl_ent, &orig, &data_end) || record_end(&a, pkl_ent, data_end, &old_end))
+	if (check_checkpoint(&a, n_entries, dl, &pkl_ent) || read_pickle(&a, pkl_ent, &orig, &data_end) ||
+	    record_end(&a, pkl_ent, data_end, &old_end))
 		goto out;
 	switch (ck_pickle_rewrite(orig, pkl_ent->usize, v, &pkl, e)) {
 	case CK_PICKLE_ERROR:
