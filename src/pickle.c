@@ -1015,7 +1015,7 @@ static int emit(struct machine *m, struct plan *p, struct ck_buf *out)
 	do {                                                           \
 		ck_buf_append(out, m->in + from, (end) - from);        \
 	} while (0)
-	for (uint32_t i = 0; i < m->nops; i++) {
+	for (uint32_t i = 0; i < m->nops && out->len <= p->max_out; i++) {
 		const struct op *o = &m->ops[i];
 		uint8_t c = m->in[o->pos];
 
@@ -1045,13 +1045,6 @@ static int emit(struct machine *m, struct plan *p, struct ck_buf *out)
 			FLUSH_TO(o->pos);
 			emit_str(out, want.s, want.len);
 			from = o->pos + o->len;
-			if (out->len > p->max_out) {
-				big_free(slot, (size_t)m->nmemo * sizeof(*slot));
-				return ck_err_set(m->e, EIO,
-						  "pickle offset %u: copies of renamed strings would make the view's "
-						  "pickle larger than %llu bytes (twice the source's + 1 MiB + the new keys)",
-						  o->pos, (unsigned long long)p->max_out);
-			}
 			break;
 		}
 		case 'q': case 'r': case 'p': case 0x94:
@@ -1065,11 +1058,17 @@ static int emit(struct machine *m, struct plan *p, struct ck_buf *out)
 			}
 		}
 	}
-	FLUSH_TO(m->n);
+	if (out->len <= p->max_out) /* else stopped where it went past */
+		FLUSH_TO(m->n);
 #undef FLUSH_TO
 	big_free(slot, (size_t)m->nmemo * sizeof(*slot));
 	if (out->failed)
 		return ck_err_nomem(m->e);
+	if (out->len > p->max_out)
+		return ck_err_set(m->e, EIO,
+				  "pickle offset %zu: the view's pickle would be larger than %llu bytes (twice the "
+				  "source's + 1 MiB + the renamed keys): a string copied over and over",
+				  from, (unsigned long long)p->max_out);
 	return 0;
 }
 
