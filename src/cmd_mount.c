@@ -286,6 +286,7 @@ int cmd_mount(int argc, char **argv)
 		exit(EXIT_USAGE); /* bad -o option; libfuse said which */
 	if (fuse_set_signal_handlers(se) || fuse_session_mount(se, mountpoint_real))
 		exit(EXIT_RUNTIME);
+	ck_fs_note_mount(fs, mountpoint_real);
 	raise_read_ahead(mountpoint_real);
 	/* before any thread starts: capabilities are dropped per thread */
 	if (!a.nosandbox && ck_sandbox_enter(&sb, mountpoint_real, a.foreground, &e)) {

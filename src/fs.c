@@ -11,10 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 #include <utlist.h>
 #include "cache.h"
+#include "fdquota.h"
 #include "linkpath.h"
 #include "log.h"
 #include "nodes.h"
@@ -43,6 +45,7 @@ struct ck_fs {
 	 * so the daemon closes what is left when it ends. */
 	pthread_mutex_t open_lock;
 	struct open_file *open_files;
+	struct ck_fdquota *fdq; /* each user's share of the descriptors */
 };
 
 /* A regular source file open for reading, with its built view held. */
@@ -58,6 +61,7 @@ struct open_file {
 	struct source_file src;
 	char name[VIEW_PATH_MAX];
 	atomic_flag told_changed;
+	uid_t uid;                     /* who opened it: its descriptor counts against them */
 	struct open_file *prev, *next; /* in fs->open_files */
 };
 
@@ -68,6 +72,7 @@ struct dir_handle {
 	unsigned view;
 	off_t offset;
 	struct dirent *pending; /* read but not yet replied: it did not fit */
+	uid_t uid;              /* who opened it: its descriptor counts against them */
 };
 
 struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t nviews, size_t cache_bytes,
@@ -79,7 +84,10 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 		ck_err_set(e, EINVAL, "at most %d views", CK_NODES_MAX_VIEWS);
 		return NULL;
 	}
-	if (!(fs = calloc(1, sizeof(*fs))) || !(fs->cache = ck_cache_new(cache_bytes))) {
+	if (!(fs = calloc(1, sizeof(*fs))) || !(fs->cache = ck_cache_new(cache_bytes)) ||
+	    !(fs->fdq = ck_fdquota_new(ck_fdquota_raise_limit()))) {
+		if (fs)
+			ck_cache_free(fs->cache);
 		free(fs);
 		ck_err_nomem(e);
 		return NULL;
@@ -91,6 +99,7 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 	if (!fs->nodes) {
 		ck_err_set(e, errno, "%s", strerror(errno));
 		ck_cache_free(fs->cache);
+		ck_fdquota_free(fs->fdq);
 		free(fs);
 		return NULL;
 	}
@@ -113,7 +122,57 @@ void ck_fs_free(struct ck_fs *fs)
 		free(fs->roots[i]);
 	ck_nodes_free(fs->nodes);
 	ck_cache_free(fs->cache);
+	ck_fdquota_free(fs->fdq);
 	free(fs);
+}
+
+/* mountinfo escapes space, tab, newline and backslash as \ooo. */
+static void unescape_octal(char *s)
+{
+	char *o = s;
+
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' && s[3] >= '0' &&
+		    s[3] <= '7') {
+			*o++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+			s += 3;
+		} else {
+			*o++ = *s;
+		}
+	}
+	*o = '\0';
+}
+
+void ck_fs_note_mount(struct ck_fs *fs, const char *mountpoint)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	dev_t dev = 0;
+
+	if (!f) {
+		ck_log(LOG_WARNING, "/proc/self/mountinfo: %s; a mount inside its own source is not detected",
+		       strerror(errno));
+		return;
+	}
+	/* "ID PARENT MAJOR:MINOR ROOT MOUNTPOINT ...": the last match is on top */
+	while (getline(&line, &cap, f) > 0) {
+		unsigned maj, min;
+		char *mp = NULL;
+		if (sscanf(line, "%*u %*u %u:%u %*s %ms", &maj, &min, &mp) == 3) {
+			unescape_octal(mp);
+			if (strcmp(mp, mountpoint) == 0)
+				dev = makedev(maj, min);
+		}
+		free(mp);
+	}
+	free(line);
+	fclose(f);
+	if (dev)
+		ck_nodes_set_self_dev(fs->nodes, dev);
+	else
+		ck_log(LOG_WARNING, "%s: not in /proc/self/mountinfo; a mount inside its own source is not detected",
+		       mountpoint);
 }
 
 static struct ck_fs *fs_of(fuse_req_t req)
@@ -173,15 +232,22 @@ static int open_source(struct ck_fs *fs, const struct ck_located *loc, struct so
 	struct ck_cache_key key;
 	struct ck_err e;
 
-	sf->fd = reopen(loc, O_RDONLY | O_NOCTTY);
+	/* O_NONBLOCK: a lease on the source (any owner may take one) makes
+	 * the open fail at once instead of stalling this thread and every
+	 * lookup in its directory until the lease breaks */
+	view_path(fs, loc, name, sizeof(name));
+	sf->fd = reopen(loc, O_RDONLY | O_NOCTTY | O_NONBLOCK);
+	if (sf->fd == -EWOULDBLOCK) {
+		ck_log(LOG_WARNING, "%s: the source is under a lease; not read until it is released", name);
+		return sf->fd;
+	}
 	if (sf->fd < 0)
 		return sf->fd;
-	if (fstat(sf->fd, &sf->st)) {
+	if (fcntl(sf->fd, F_SETFL, 0) /* blocking reads again */ || fstat(sf->fd, &sf->st)) {
 		int err = -errno;
 		close(sf->fd);
 		return err;
 	}
-	view_path(fs, loc, name, sizeof(name));
 	src = (struct ck_src){.fd = sf->fd, .size = (uint64_t)sf->st.st_size, .name = name};
 	key = ck_cache_key_of(&sf->st, fs->views[loc->view]);
 	sf->ent = ck_cache_get(fs->cache, &key, &src, &e);
@@ -223,7 +289,7 @@ static int located_attr(struct ck_fs *fs, const struct ck_located *loc, uint64_t
 		return 0;
 	}
 	err = open_source(fs, loc, &sf);
-	if (err == -EACCES || err == -EPERM) {
+	if (err == -EACCES || err == -EPERM || err == -EWOULDBLOCK) {
 		view_attr(&loc->st, id, NULL, attr);
 		return 0;
 	}
@@ -403,6 +469,7 @@ static void release_view_file(struct ck_fs *fs, struct open_file *of)
 	pthread_mutex_lock(&fs->open_lock);
 	DL_DELETE(fs->open_files, of);
 	pthread_mutex_unlock(&fs->open_lock);
+	ck_fdquota_give(fs->fdq, of->uid);
 	close_view_file(fs, of);
 }
 
@@ -428,7 +495,7 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out,
 	close(loc.fd);
 	if (err) {
 		free(of);
-		return err;
+		return err == -EWOULDBLOCK ? -EIO : err;
 	}
 	if (ck_cache_built(of->src.ent)->err.code) { /* logged when it was built */
 		close_view_file(fs, of);
@@ -455,11 +522,14 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	err = open_view_file(fs, ino, &of, &keep_cache);
+	err = ck_fdquota_take(fs->fdq, fuse_req_ctx(req)->uid);
+	if (!err && (err = open_view_file(fs, ino, &of, &keep_cache)))
+		ck_fdquota_give(fs->fdq, fuse_req_ctx(req)->uid);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
+	of->uid = fuse_req_ctx(req)->uid;
 	fi->fh = (uintptr_t)of;
 	fi->keep_cache = keep_cache;
 	pthread_mutex_lock(&fs->open_lock);
@@ -601,8 +671,9 @@ static int open_dir(struct ck_fs *fs, uint64_t id, struct dir_handle **out)
 	return 0;
 }
 
-static void close_dir(struct dir_handle *d)
+static void close_dir(struct ck_fs *fs, struct dir_handle *d)
 {
+	ck_fdquota_give(fs->fdq, d->uid);
 	closedir(d->dp);
 	free(d);
 }
@@ -610,22 +681,28 @@ static void close_dir(struct dir_handle *d)
 /* The mount root's listing is made up; fh 0 stands for it. */
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	struct ck_fs *fs = fs_of(req);
 	struct dir_handle *d = NULL;
-	int err = ino == FUSE_ROOT_ID ? 0 : open_dir(fs_of(req), ino, &d);
+	uid_t uid = fuse_req_ctx(req)->uid;
+	int err = ino == FUSE_ROOT_ID ? 0 : ck_fdquota_take(fs->fdq, uid);
 
+	if (!err && ino != FUSE_ROOT_ID && (err = open_dir(fs, ino, &d)))
+		ck_fdquota_give(fs->fdq, uid);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
+	if (d)
+		d->uid = uid;
 	fi->fh = (uintptr_t)d;
 	if (fuse_reply_open(req, fi) && d) /* interrupted: no releasedir will come */
-		close_dir(d);
+		close_dir(fs, d);
 }
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	if (fi->fh)
-		close_dir((struct dir_handle *)(uintptr_t)fi->fh);
+		close_dir(fs_of(req), (struct dir_handle *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 
@@ -741,7 +818,27 @@ static void add_xattr(struct xattrs *xs, const char *name, const char *value)
 	xs->n++;
 }
 
-static int file_xattrs(struct ck_fs *fs, const struct ck_located *loc, struct xattrs *xs)
+/* Whether the requester may read a source file by its mode bits, as
+ * default_permissions decides for the view. */
+static bool may_read(fuse_req_t req, const struct stat *st)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	gid_t groups[64];
+	int n;
+
+	if (ctx->uid == 0 || ctx->uid == st->st_uid)
+		return ctx->uid == 0 || (st->st_mode & S_IRUSR);
+	if (ctx->gid == st->st_gid)
+		return st->st_mode & S_IRGRP;
+	n = fuse_req_getgroups(req, (int)(sizeof(groups) / sizeof(groups[0])), groups);
+	for (int i = 0; i < n && i < (int)(sizeof(groups) / sizeof(groups[0])); i++)
+		if (groups[i] == st->st_gid)
+			return st->st_mode & S_IRGRP;
+	return st->st_mode & S_IROTH;
+}
+
+/* The error of a file says what is inside it: only for who may read it. */
+static int file_xattrs(struct ck_fs *fs, fuse_req_t req, const struct ck_located *loc, struct xattrs *xs)
 {
 	const struct ck_built *b;
 	struct source_file sf;
@@ -751,13 +848,13 @@ static int file_xattrs(struct ck_fs *fs, const struct ck_located *loc, struct xa
 		return err;
 	b = ck_cache_built(sf.ent);
 	add_xattr(xs, "user.ckptfs.format", ck_format_name(b->format));
-	if (b->err.code)
+	if (b->err.code && may_read(req, &sf.st))
 		add_xattr(xs, "user.ckptfs.error", b->err.msg);
 	close_source(fs, &sf);
 	return 0;
 }
 
-static int node_xattrs(struct ck_fs *fs, uint64_t id, struct xattrs *xs)
+static int node_xattrs(struct ck_fs *fs, fuse_req_t req, uint64_t id, struct xattrs *xs)
 {
 	struct ck_located loc;
 	char builds[32];
@@ -773,7 +870,7 @@ static int node_xattrs(struct ck_fs *fs, uint64_t id, struct xattrs *xs)
 	if (err)
 		return err;
 	if (S_ISREG(loc.st.st_mode))
-		err = file_xattrs(fs, &loc, xs);
+		err = file_xattrs(fs, req, &loc, xs);
 	close(loc.fd);
 	return err;
 }
@@ -865,7 +962,7 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		fuse_reply_err(req, ENODATA);
 		return;
 	}
-	err = node_xattrs(fs_of(req), ino, &xs);
+	err = node_xattrs(fs_of(req), req, ino, &xs);
 
 	if (err) {
 		fuse_reply_err(req, -err);
@@ -885,7 +982,7 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	char names[256];
 	size_t len = 0;
 	struct xattrs xs;
-	int err = node_xattrs(fs_of(req), ino, &xs);
+	int err = node_xattrs(fs_of(req), req, ino, &xs);
 
 	if (err) {
 		fuse_reply_err(req, -err);

@@ -26,6 +26,12 @@ void ck_fs_free(struct ck_fs *fs);
  * ignored (lexically it may name another place). */
 int ck_fs_add_source_path(struct ck_fs *fs, const char *path, struct ck_err *e);
 
+/* Once mounted at mountpoint (an absolute, resolved path): learns the
+ * mount's device from /proc/self/mountinfo (asking the mount itself would
+ * wait on this daemon), so that the mount is never entered as part of its
+ * own source. */
+void ck_fs_note_mount(struct ck_fs *fs, const char *mountpoint);
+
 /* Reads come in requests of at most CK_READ_PAGES pages: libfuse 3.14
  * splices a reply only if its per-thread pipe holds it with the header and
  * a page per segment, and without CAP_SYS_RESOURCE a pipe grows only to

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 /* A failed allocation inside uthash leaves the item out of the table
@@ -42,6 +43,7 @@ struct ck_nodes {
 	dev_t root_dev;
 	ino_t root_ino;
 	unsigned nviews;
+	_Atomic dev_t self_dev; /* the mount's own device, once known; 0 before */
 };
 
 /* splitmix64's finalizer: every input bit reaches every output bit. */
@@ -363,10 +365,36 @@ static int open_each_component(int dirfd, const char *path)
 	return fd;
 }
 
+void ck_nodes_set_self_dev(struct ck_nodes *t, dev_t dev)
+{
+	atomic_store(&t->self_dev, dev);
+}
+
+/* Whether dev is this mount's own: seen in the source through a bind
+ * mount with shared propagation, entering it would have the daemon wait
+ * on itself, one thread more at each level, until none is left. */
+static bool is_self(struct ck_nodes *t, dev_t dev)
+{
+	dev_t self = atomic_load(&t->self_dev);
+	return self != 0 && dev == self;
+}
+
+/* The device of an open object without asking its file system (for our own
+ * mount that would be a request to ourselves). */
+static dev_t dev_of(int fd)
+{
+	struct statx stx;
+
+	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, 0, &stx))
+		return 0;
+	return makedev(stx.stx_dev_major, stx.stx_dev_minor);
+}
+
 /* Opens path beneath dirfd as an O_PATH descriptor, never following a
  * symlink, so a source tree changing under us cannot lead the daemon
- * elsewhere. A symlink as the last component is opened itself. */
-static int open_beneath(int dirfd, const char *path, struct ck_located *loc)
+ * elsewhere. A symlink as the last component is opened itself; this
+ * mount itself (in the source through an alias) is refused: ELOOP. */
+static int open_beneath(struct ck_nodes *t, int dirfd, const char *path, struct ck_located *loc)
 {
 	static atomic_bool no_openat2;
 	int fd = -ENOSYS;
@@ -379,6 +407,10 @@ static int open_beneath(int dirfd, const char *path, struct ck_located *loc)
 	}
 	if (fd < 0)
 		return fd;
+	if (is_self(t, dev_of(fd))) {
+		close(fd);
+		return -ELOOP;
+	}
 	if (fstat(fd, &loc->st)) {
 		int err = -errno;
 		close(fd);
@@ -404,7 +436,7 @@ int ck_nodes_locate(struct ck_nodes *t, uint64_t id, struct ck_located *loc)
 	pthread_mutex_unlock(&t->lock);
 	if (err)
 		return err;
-	err = open_beneath(t->root_fd, loc->path, loc);
+	err = open_beneath(t, t->root_fd, loc->path, loc);
 	if (err)
 		return stale_if_moved(err);
 	if (ck_nodes_id(t, &loc->st, loc->view) != id) {
@@ -423,7 +455,7 @@ int ck_nodes_locate_child(struct ck_nodes *t, uint64_t parent, const char *name,
 	err = ck_nodes_locate(t, parent, &dir);
 	if (err)
 		return err;
-	err = open_beneath(dir.fd, name, loc);
+	err = open_beneath(t, dir.fd, name, loc);
 	close(dir.fd);
 	if (err)
 		return err;
@@ -488,7 +520,7 @@ static bool search_entry(struct search *s, int dirfd, const char *name, size_t l
 	s->depth++;
 	if (matches(s, &st))
 		return true;
-	if (S_ISDIR(st.st_mode) &&
+	if (S_ISDIR(st.st_mode) && !is_self(s->t, st.st_dev) &&
 	    (fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) >= 0 &&
 	    search_dir(s, fd, sub_len))
 		return true;

@@ -28,6 +28,11 @@ void ck_nodes_free(struct ck_nodes *t);
 
 int ck_nodes_root_fd(const struct ck_nodes *t);
 
+/* The device of the mount serving the table: a directory of the source on
+ * it (the mount itself, seen through an alias of the source) is never
+ * entered. */
+void ck_nodes_set_self_dev(struct ck_nodes *t, dev_t dev);
+
 /* The id of a source object seen through a view. */
 uint64_t ck_nodes_id(const struct ck_nodes *t, const struct stat *st, unsigned view);
 /* The id of a view directory: the source root seen through that view. */
