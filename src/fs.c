@@ -22,10 +22,10 @@ _Static_assert(CK_NODES_ROOT_ID == FUSE_ROOT_ID, "the node table's root is the m
 
 
 /* Names and attributes stay valid in the kernel this long; a name that does
- * not exist is never cached, so files added to the source show up at once. */
+ * not exist is never cached, so files added to the source show up at once.
+ * An open of a name whose file changed since is answered ESTALE, and the
+ * kernel looks the name up again: opens see the newest version at once. */
 #define TIMEOUT 1.0
-/* Ids are never reused for another object, so one generation does. */
-#define GENERATION 1
 
 /* Room for "ddp/" + a source path. */
 #define VIEW_PATH_MAX (PATH_MAX + 32)
@@ -51,10 +51,19 @@ struct source_file {
 /* An open view file. It keeps its own source descriptor: a source replaced
  * by rename keeps serving the version that was opened. */
 struct open_file {
-	struct source_file src;
+	struct source_file src;    /* src.st: the version opened */
+	uint64_t id;
+	bool passthrough;          /* no checkpoint: read as the source is now */
 	char name[VIEW_PATH_MAX];
 	atomic_flag told_changed;
 	struct open_file *prev, *next; /* in fs->open_files */
+};
+
+/* What lookup and getattr answer for a node. */
+struct node_attr {
+	struct stat attr;          /* st_ino: the node id */
+	uint32_t generation;
+	bool passthrough;          /* a regular file that is no checkpoint */
 };
 
 /* An open source directory; readdir continues where the last call ended. */
@@ -185,26 +194,36 @@ static void view_attr(const struct stat *src, uint64_t id, const struct ck_built
 		out->st_size = (off_t)b->layout->size;
 }
 
+/* The node a located object is at the version st shows. */
+static void located_node(struct ck_fs *fs, const struct ck_located *loc, const struct stat *st,
+			 const struct ck_built *b, struct node_attr *na)
+{
+	view_attr(st, ck_nodes_id(fs->nodes, st, loc->ident, loc->view), b, &na->attr);
+	na->generation = ck_nodes_generation(st, loc->ident);
+	na->passthrough = b && b->format == CK_FORMAT_OTHER && !b->err.code;
+}
+
 /* A regular file's view is built here, so its size is exact before the
- * first read. A file the daemon may not read, or whose view failed to
- * build, keeps its source size: it stays visible and open says why not. */
-static int located_attr(struct ck_fs *fs, const struct ck_located *loc, uint64_t id, struct stat *attr)
+ * first read; its id is of the version the view was built from. A file the
+ * daemon may not read, or whose view failed to build, keeps its source
+ * size: it stays visible and open says why not. */
+static int located_attr(struct ck_fs *fs, const struct ck_located *loc, struct node_attr *na)
 {
 	struct source_file sf;
 	int err;
 
 	if (!S_ISREG(loc->st.st_mode)) {
-		view_attr(&loc->st, id, NULL, attr);
+		located_node(fs, loc, &loc->st, NULL, na);
 		return 0;
 	}
 	err = open_source(fs, loc, &sf);
 	if (err == -EACCES || err == -EPERM) {
-		view_attr(&loc->st, id, NULL, attr);
+		located_node(fs, loc, &loc->st, NULL, na);
 		return 0;
 	}
 	if (err)
 		return err;
-	view_attr(&sf.st, id, ck_cache_built(sf.ent), attr);
+	located_node(fs, loc, &sf.st, ck_cache_built(sf.ent), na);
 	close_source(fs, &sf);
 	return 0;
 }
@@ -221,25 +240,39 @@ static int root_attr(struct ck_fs *fs, struct stat *attr)
 	return 0;
 }
 
-static int node_attr(struct ck_fs *fs, uint64_t id, struct stat *attr)
+static int open_version_attr(struct ck_fs *fs, uint64_t id, struct stat *attr);
+
+/* A node at another version than its source now is answered from a file
+ * open at that version (the source was replaced), or as the source is now
+ * when both are no checkpoints (a log appended to); else it is stale. */
+static int node_attr(struct ck_fs *fs, uint64_t id, struct node_attr *na)
 {
 	struct ck_located loc;
+	bool passthrough;
 	int err;
 
-	if (id == FUSE_ROOT_ID)
-		return root_attr(fs, attr);
-	err = ck_nodes_locate(fs->nodes, id, &loc);
-	if (err)
-		return err;
-	err = located_attr(fs, &loc, id, attr);
+	if (id == FUSE_ROOT_ID) {
+		na->generation = 0;
+		return root_attr(fs, &na->attr);
+	}
+	err = ck_nodes_locate_latest(fs->nodes, id, &loc, &passthrough);
+	if (err < 0)
+		return err == -ESTALE ? open_version_attr(fs, id, &na->attr) : err;
+	err = located_attr(fs, &loc, na);
 	close(loc.fd);
-	return err;
+	if (err || na->attr.st_ino == id)
+		return err;
+	if (passthrough && na->passthrough) {
+		na->attr.st_ino = id;
+		return 0;
+	}
+	return open_version_attr(fs, id, &na->attr);
 }
 
 /* Takes a lookup reference on a node the table knows (or, may_find, one
  * it forgot) before reading its attributes, so a concurrent forget cannot
  * drop it in between. */
-static int ref_node(struct ck_fs *fs, uint64_t id, bool may_find, struct stat *attr)
+static int ref_node(struct ck_fs *fs, uint64_t id, bool may_find, struct node_attr *na)
 {
 	int err = ck_nodes_ref(fs->nodes, id);
 
@@ -247,25 +280,24 @@ static int ref_node(struct ck_fs *fs, uint64_t id, bool may_find, struct stat *a
 		err = ck_nodes_find_and_ref(fs->nodes, id);
 	if (err)
 		return err;
-	err = node_attr(fs, id, attr);
+	err = node_attr(fs, id, na);
 	if (err)
 		ck_nodes_forget(fs->nodes, id, 1);
 	return err;
 }
 
-static int lookup_child(struct ck_fs *fs, uint64_t parent, const char *name, struct stat *attr)
+static int lookup_child(struct ck_fs *fs, uint64_t parent, const char *name, struct node_attr *na)
 {
 	struct ck_located loc;
-	uint64_t id;
 	int err;
 
 	err = ck_nodes_locate_child(fs->nodes, parent, name, &loc);
 	if (err)
 		return err;
-	id = ck_nodes_id(fs->nodes, &loc.st, loc.view);
-	err = located_attr(fs, &loc, id, attr);
+	err = located_attr(fs, &loc, na);
 	close(loc.fd);
-	return err ? err : ck_nodes_ref_child(fs->nodes, id, parent, name);
+	return err ? err : ck_nodes_ref_child(fs->nodes, na->attr.st_ino, parent, name, loc.ident,
+					      na->passthrough);
 }
 
 static int view_named(const struct ck_fs *fs, const char *name)
@@ -279,36 +311,37 @@ static int view_named(const struct ck_fs *fs, const char *name)
 /* "." and ".." are for NFS export: the kernel asks for "." of any node
  * (files too) whose inode it evicted while a file handle still names it,
  * and for ".." of a directory to connect a handle to the tree. */
-static int lookup(struct ck_fs *fs, uint64_t parent, const char *name, struct stat *attr)
+static int lookup(struct ck_fs *fs, uint64_t parent, const char *name, struct node_attr *na)
 {
 	uint64_t up;
 	int err, v;
 
 	if (strcmp(name, ".") == 0)
-		return ref_node(fs, parent, true, attr);
+		return ref_node(fs, parent, true, na);
 	if (strcmp(name, "..") == 0) {
 		err = ck_nodes_parent(fs->nodes, parent, &up);
-		return err ? err : ref_node(fs, up, false, attr);
+		return err ? err : ref_node(fs, up, false, na);
 	}
 	if (parent == FUSE_ROOT_ID) {
 		v = view_named(fs, name);
-		return v < 0 ? -ENOENT : ref_node(fs, ck_nodes_view_root(fs->nodes, (unsigned)v), false, attr);
+		return v < 0 ? -ENOENT : ref_node(fs, ck_nodes_view_root(fs->nodes, (unsigned)v), false, na);
 	}
-	return lookup_child(fs, parent, name, attr);
+	return lookup_child(fs, parent, name, na);
 }
 
 static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct ck_fs *fs = fs_of(req);
-	struct fuse_entry_param e = {
-		.generation = GENERATION, .attr_timeout = TIMEOUT, .entry_timeout = TIMEOUT,
-	};
-	int err = lookup(fs, parent, name, &e.attr);
+	struct fuse_entry_param e = {.attr_timeout = TIMEOUT, .entry_timeout = TIMEOUT};
+	struct node_attr na;
+	int err = lookup(fs, parent, name, &na);
 
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
+	e.attr = na.attr;
+	e.generation = na.generation;
 	e.ino = e.attr.st_ino;
 	if (fuse_reply_entry(req, &e)) /* interrupted: the kernel took no reference */
 		ck_nodes_forget(fs->nodes, e.ino, 1);
@@ -327,15 +360,21 @@ static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 	fuse_reply_none(req);
 }
 
+static int open_file_attr(struct ck_fs *fs, struct open_file *of, struct stat *attr);
+
+/* An open file answers from its own descriptor (the kernel passes it only
+ * for regular files): the version it opened keeps serving. */
 static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct stat attr;
-	int err = node_attr(fs_of(req), ino, &attr);
+	struct ck_fs *fs = fs_of(req);
+	struct node_attr na;
+	int err = fi ? open_file_attr(fs, (struct open_file *)(uintptr_t)fi->fh, &na.attr)
+		     : node_attr(fs, ino, &na);
 
 	if (err)
 		fuse_reply_err(req, -err);
 	else
-		fuse_reply_attr(req, &attr, TIMEOUT);
+		fuse_reply_attr(req, &na.attr, TIMEOUT);
 }
 
 /* The raw target: the daemon never follows it, the reader's kernel does,
@@ -374,16 +413,106 @@ static void release_view_file(struct ck_fs *fs, struct open_file *of)
 	close_view_file(fs, of);
 }
 
-static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out, bool *keep_cache)
+/* Whether the bytes of a file may have changed since st was taken. Its own
+ * rename or a chmod change ctime too, and cannot be told from a rewrite that
+ * restored mtime; a changed link count (the file replaced by rename, or
+ * unlinked) is not a rewrite. */
+static bool version_changed(const struct stat *was, const struct stat *now)
 {
-	const struct ck_cache_key *key;
-	struct ck_node_version version;
-	struct ck_located loc;
-	struct open_file *of;
+	return was->st_size != now->st_size || was->st_mtim.tv_sec != now->st_mtim.tv_sec ||
+	       was->st_mtim.tv_nsec != now->st_mtim.tv_nsec ||
+	       ((was->st_ctim.tv_sec != now->st_ctim.tv_sec ||
+		 was->st_ctim.tv_nsec != now->st_ctim.tv_nsec) && was->st_nlink == now->st_nlink);
+}
+
+/* EIO for an open file whose version is gone, logged once per open. */
+static int changed_while_open(struct open_file *of, const char *why)
+{
+	struct ck_err e;
+
+	if (atomic_flag_test_and_set(&of->told_changed))
+		return -EIO;
+	ck_err_set(&e, EIO, "%s; reopen to read the new version", why);
+	return ck_log_err(of->name, &e);
+}
+
+/* A file that was no checkpoint when opened reads as the source does (a log
+ * appended to), until the source becomes a checkpoint: its raw bytes are
+ * then neither the source's view nor what was opened. */
+static int check_passthrough(struct ck_fs *fs, struct open_file *of, const struct stat *now)
+{
+	const struct ck_cache_key *was = ck_cache_entry_key(of->src.ent);
+	struct ck_src src = {.fd = of->src.fd, .size = (uint64_t)now->st_size, .name = of->name};
+	struct ck_cache_key key;
+	struct ck_cache_entry *ent;
+	struct ck_err e;
+	bool other;
+
+	if (!version_changed(&of->src.st, now))
+		return 0;
+	key = ck_cache_key_of(now, was->view);
+	ent = ck_cache_get(fs->cache, &key, &src, &e);
+	if (!ent)
+		return ck_log_err(of->name, &e);
+	other = ck_cache_built(ent)->format == CK_FORMAT_OTHER && !ck_cache_built(ent)->err.code;
+	ck_cache_put(fs->cache, ent);
+	return other ? 0 : changed_while_open(of, "became a checkpoint while open");
+}
+
+/* The attributes of an open file: of the version it opened, or for a
+ * pass-through file, of the source now (a log grows). */
+static int open_file_attr(struct ck_fs *fs, struct open_file *of, struct stat *attr)
+{
+	struct stat now;
 	int err;
 
-	err = ck_nodes_locate(fs->nodes, id, &loc);
-	if (err)
+	if (!of->passthrough) {
+		view_attr(&of->src.st, of->id, ck_cache_built(of->src.ent), attr);
+		return 0;
+	}
+	if (fstat(of->src.fd, &now))
+		return -errno;
+	err = check_passthrough(fs, of, &now);
+	if (!err)
+		view_attr(&now, of->id, NULL, attr);
+	return err;
+}
+
+/* A node no name leads to any more is answered from a file open at its
+ * version whose bytes are still that version (the source was replaced by
+ * rename or unlinked); one changed in place is stale. */
+static int open_version_attr(struct ck_fs *fs, uint64_t id, struct stat *attr)
+{
+	struct open_file *of;
+	struct stat now;
+	int err = -ESTALE;
+
+	pthread_mutex_lock(&fs->open_lock);
+	DL_FOREACH(fs->open_files, of) {
+		if (of->id == id && fstat(of->src.fd, &now) == 0 &&
+		    (of->passthrough || !version_changed(&of->src.st, &now))) {
+			err = open_file_attr(fs, of, attr);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&fs->open_lock);
+	return err;
+}
+
+/* Opens the version of the file node id names. When the source changed
+ * since the kernel looked it up, ESTALE makes the kernel look the name up
+ * again (the new version is a new node) and retry; a file that is no
+ * checkpoint, then and now, is opened as it is. */
+static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out)
+{
+	const struct ck_built *b;
+	struct ck_located loc;
+	struct open_file *of;
+	bool passthrough;
+	int err;
+
+	err = ck_nodes_locate_latest(fs->nodes, id, &loc, &passthrough);
+	if (err < 0)
 		return err;
 	if (!S_ISREG(loc.st.st_mode)) {
 		close(loc.fd);
@@ -393,43 +522,48 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out,
 	err = of ? open_source(fs, &loc, &of->src) : -ENOMEM;
 	if (!err)
 		view_path(fs, &loc, of->name, sizeof(of->name));
-	close(loc.fd);
 	if (err) {
+		close(loc.fd);
 		free(of);
 		return err;
 	}
-	if (ck_cache_built(of->src.ent)->err.code) { /* logged when it was built */
+	b = ck_cache_built(of->src.ent);
+	of->id = id;
+	of->passthrough = b->format == CK_FORMAT_OTHER && !b->err.code;
+	if (b->err.code) /* logged when it was built */
+		err = -EIO;
+	else if (ck_nodes_id(fs->nodes, &of->src.st, loc.ident, loc.view) != id &&
+		 !(passthrough && of->passthrough))
+		err = -ESTALE;
+	close(loc.fd);
+	if (err) {
 		close_view_file(fs, of);
-		return -EIO;
+		return err;
 	}
 	atomic_flag_clear(&of->told_changed);
-	key = ck_cache_entry_key(of->src.ent);
-	version = (struct ck_node_version){.size = key->size, .mtime_ns = key->mtime_ns};
-	*keep_cache = ck_nodes_reopened_unchanged(fs->nodes, id, &version);
 	*out = of;
 	return 0;
 }
 
 /* No direct_io: pages the kernel caches are what mmap maps, and keep_cache
- * keeps them across opens while the source is unchanged. */
+ * keeps them across opens: a node names one version, so they stay good. */
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ck_fs *fs = fs_of(req);
 	struct open_file *of;
-	bool keep_cache;
 	int err;
 
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	err = open_view_file(fs, ino, &of, &keep_cache);
+	err = open_view_file(fs, ino, &of);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
 	fi->fh = (uintptr_t)of;
-	fi->keep_cache = keep_cache;
+	fi->keep_cache = 1;
 	pthread_mutex_lock(&fs->open_lock);
 	DL_APPEND(fs->open_files, of);
 	pthread_mutex_unlock(&fs->open_lock);
@@ -441,27 +575,6 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	release_view_file(fs_of(req), (struct open_file *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
-}
-
-/* A source rewritten in place while open would turn the view into a mix of
- * old and new bytes at the old offsets: refuse to read instead. (A source
- * replaced by rename is fine: the descriptor keeps the old file.) */
-static int check_source_unchanged(struct open_file *of)
-{
-	const struct ck_cache_key *was = ck_cache_entry_key(of->src.ent);
-	struct ck_cache_key now;
-	struct stat st;
-	struct ck_err e;
-
-	if (fstat(of->src.fd, &st))
-		return -errno;
-	now = ck_cache_key_of(&st, was->view);
-	if (memcmp(&now, was, sizeof(now)) == 0)
-		return 0;
-	if (atomic_flag_test_and_set(&of->told_changed))
-		return -EIO;
-	ck_err_set(&e, EIO, "source changed while open; reopen to read the new version");
-	return ck_log_err(of->name, &e);
 }
 
 /* Source bytes go by splice from the source's page cache to the reader's:
@@ -476,69 +589,141 @@ static void reply_source(fuse_req_t req, int fd, size_t size, off_t off)
 	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 }
 
+/* Where a thread copies source bytes: grown to the largest request, freed
+ * when the thread ends. */
+static pthread_key_t copy_key;
+static pthread_once_t copy_once = PTHREAD_ONCE_INIT;
+
+struct copy_buf {
+	size_t cap;
+	char bytes[];
+};
+
+static void make_copy_key(void)
+{
+	(void)pthread_key_create(&copy_key, free);
+}
+
+static char *copy_buffer(size_t size)
+{
+	struct copy_buf *cb;
+
+	pthread_once(&copy_once, make_copy_key);
+	cb = pthread_getspecific(copy_key);
+	if (cb && cb->cap >= size)
+		return cb->bytes;
+	free(cb);
+	cb = malloc(sizeof(*cb) + size);
+	if (cb)
+		cb->cap = size;
+	(void)pthread_setspecific(copy_key, cb);
+	return cb ? cb->bytes : NULL;
+}
+
+static int pread_all(int fd, char *buf, size_t n, off_t off)
+{
+	while (n) {
+		ssize_t r = pread(fd, buf, n, off);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -EIO; /* shorter than its view: changed */
+		buf += r;
+		n -= (size_t)r;
+		off += r;
+	}
+	return 0;
+}
+
 /* Segments a read can take without allocating: a view is at most four
  * extents (records before data.pkl, data.pkl's record, the records after
  * it, the central directory), so a request spans at most that many. */
 #define READ_SEGMENTS 4
 
-/* One segment per extent that [off, off + size) touches: memory segments
- * point into the layout, source segments are spliced from the file. */
-static int reply_view(fuse_req_t req, int fd, const struct ck_layout *l, size_t size, off_t off)
+/* Lays out the part [start, end) of the view that a read returns: memory
+ * segments point into the layout, source bytes are copied into buf. */
+static int gather(const struct ck_layout *l, int fd, uint64_t start, uint64_t end, char *buf,
+		  struct iovec *iov, size_t n)
+{
+	size_t first = ck_layout_find(l, start);
+
+	for (size_t i = 0; i < n; i++) {
+		const struct ck_extent *x = &l->ext[first + i];
+		uint64_t from = x->off > start ? x->off : start;
+		uint64_t to = x->off + x->len < end ? x->off + x->len : end;
+		int err;
+
+		iov[i].iov_len = (size_t)(to - from);
+		if (x->kind == CK_EXTENT_MEM) {
+			iov[i].iov_base = l->mem + x->src_off + (from - x->off);
+			continue;
+		}
+		iov[i].iov_base = buf;
+		err = pread_all(fd, buf, iov[i].iov_len, (off_t)(x->src_off + (from - x->off)));
+		if (err)
+			return err;
+		buf += iov[i].iov_len;
+	}
+	return 0;
+}
+
+/* A checkpoint's reply is never assembled across a change: its source bytes
+ * are copied, then the version is checked. Any write changes mtime or
+ * ctime before it changes bytes, so an unchanged version after the copy
+ * means the copy is of that version. (A splice would hand the reader pages
+ * that a later write can still change.) */
+static int reply_checked(fuse_req_t req, struct open_file *of, const struct ck_layout *l,
+			 size_t size, off_t off)
 {
 	uint64_t start = (uint64_t)off, end;
-	size_t first, n;
-	struct {
-		struct fuse_bufvec bv;
-		struct fuse_buf more[READ_SEGMENTS - 1];
-	} local;
-	struct fuse_bufvec *bv = &local.bv;
+	struct iovec local[READ_SEGMENTS], *iov = local;
+	struct stat now;
+	size_t n;
+	char *buf;
+	int err;
 
 	if (start >= l->size || size == 0) {
 		fuse_reply_buf(req, NULL, 0);
 		return 0;
 	}
 	end = size < l->size - start ? start + size : l->size;
-	first = ck_layout_find(l, start);
-	n = ck_layout_find(l, end - 1) - first + 1;
-	if (n > READ_SEGMENTS && !(bv = malloc(sizeof(*bv) + (n - 1) * sizeof(bv->buf[0]))))
+	n = ck_layout_find(l, end - 1) - ck_layout_find(l, start) + 1;
+	if (!(buf = copy_buffer((size_t)(end - start))) ||
+	    (n > READ_SEGMENTS && !(iov = malloc(n * sizeof(*iov)))))
 		return -ENOMEM;
-	memset(bv, 0, sizeof(*bv) + (n - 1) * sizeof(bv->buf[0]));
-	bv->count = n;
-	for (size_t i = 0; i < n; i++) {
-		const struct ck_extent *x = &l->ext[first + i];
-		uint64_t from = x->off > start ? x->off : start;
-		uint64_t to = x->off + x->len < end ? x->off + x->len : end;
-		struct fuse_buf *b = &bv->buf[i];
-
-		b->size = (size_t)(to - from);
-		if (x->kind == CK_EXTENT_MEM) {
-			b->mem = l->mem + x->src_off + (from - x->off);
-		} else {
-			b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-			b->fd = fd;
-			b->pos = (off_t)(x->src_off + (from - x->off));
-		}
-	}
-	fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
-	if (bv != &local.bv)
-		free(bv);
-	return 0;
+	err = gather(l, of->src.fd, start, end, buf, iov, n);
+	if (fstat(of->src.fd, &now))
+		err = -errno;
+	else if (version_changed(&of->src.st, &now))
+		err = changed_while_open(of, "source changed while open");
+	if (!err)
+		fuse_reply_iov(req, iov, (int)n);
+	if (iov != local)
+		free(iov);
+	return err;
 }
 
 /* A checkpoint is read whole by a loader that trusts its offsets: one
- * rewritten in place while open must fail rather than mix versions, even
- * when its view is the source unchanged. Other files (logs being appended
- * to) read as the source does. */
+ * rewritten in place while open fails rather than mix versions, even when
+ * its view is the source unchanged. Other files (logs being appended to)
+ * read as the source does. */
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct open_file *of = (struct open_file *)(uintptr_t)fi->fh;
 	const struct ck_built *b = ck_cache_built(of->src.ent);
-	int err = b->format == CK_FORMAT_OTHER ? 0 : check_source_unchanged(of);
+	struct ck_extent whole = {.len = (uint64_t)of->src.st.st_size, .kind = CK_EXTENT_SRC};
+	struct ck_layout unchanged = {.size = whole.len, .n = 1, .ext = &whole};
+	struct stat now;
+	int err = 0;
 
-	if (!err && !b->layout)
-		reply_source(req, of->src.fd, size, off);
-	else if (!err)
-		err = reply_view(req, of->src.fd, b->layout, size, off);
+	if (of->passthrough) {
+		err = fstat(of->src.fd, &now) ? -errno : check_passthrough(fs_of(req), of, &now);
+		if (!err)
+			reply_source(req, of->src.fd, size, off);
+	} else {
+		err = reply_checked(req, of, b->layout ? b->layout : &unchanged, size, off);
+	}
 	if (err)
 		fuse_reply_err(req, -err);
 }
@@ -625,8 +810,8 @@ static size_t fill_root(fuse_req_t req, struct ck_fs *fs, char *buf, size_t size
 }
 
 /* Reads the real directory on every call: nothing is listed from memory.
- * Entry inode numbers are the ids the entries will have (taking the
- * directory's device; they are advisory, lookup gives the real ones). */
+ * Entry inode numbers are advisory (taking the directory's device): a
+ * directory's id, a file's id without its version; lookup gives the real ones. */
 static int fill_dir(fuse_req_t req, struct ck_fs *fs, struct dir_handle *d, char *buf,
 		    size_t size, off_t off, size_t *used)
 {
@@ -637,17 +822,14 @@ static int fill_dir(fuse_req_t req, struct ck_fs *fs, struct dir_handle *d, char
 		d->pending = NULL;
 	}
 	for (;;) {
-		struct stat where = {.st_dev = d->dev};
-
 		if (!d->pending) {
 			errno = 0;
 			d->pending = readdir(d->dp);
 			if (!d->pending)
 				return -errno;
 		}
-		where.st_ino = d->pending->d_ino;
 		if (!add_entry(req, buf, size, used, d->pending->d_name,
-			       ck_nodes_id(fs->nodes, &where, d->view),
+			       ck_nodes_entry_ino(fs->nodes, d->dev, d->pending->d_ino, d->view),
 			       DTTOIF(d->pending->d_type), d->pending->d_off))
 			return 0;
 		d->offset = d->pending->d_off;
