@@ -13,11 +13,14 @@ daemon.  Access by other users is tested in test_daemon.py (allow_other);
 here a vanished directory is made by removing or renaming it.
 """
 
+import ctypes
 import errno
 import hashlib
 import io
 import os
 import shutil
+import subprocess
+import threading
 import time
 
 import pytest
@@ -240,3 +243,207 @@ def test_source_dirs_vanish(mount_factory, tmp_path):
             assert e.errno in (errno.ENOENT, errno.ESTALE), e
     os.statvfs(m.mnt)
     assert m.proc.poll() is None, m.log()
+
+
+# --------------------------------------------------------------------------
+# One version per reader (issue #8): what a reader sees when a checkpoint
+# changes, across the attribute timeout and cache drops.
+
+ATTR_WAIT = 1.6             # s: past the mount's attribute/entry timeout (1 s)
+
+
+def _sd(seed, n=1 << 20):
+    """A DDP state dict whose tensors all differ between seeds."""
+    torch.manual_seed(seed)
+    return {"module.w": torch.randn(n), "module.b": torch.randn(64)}
+
+
+def _load_view(m, view, rel):
+    return torch.load(m.path(view, rel), map_location="cpu")
+
+
+def _assert_loads_as(m, view, rel, sd):
+    got = _load_view(m, view, rel)
+    want = ckref.transform(sd, view)
+    assert ckref.same(got, want), "%s/%s does not load as the source now is" % (view, rel)
+
+
+@pytest.mark.parametrize("view", ckref.VIEWS)
+def test_open_file_keeps_version_across_timeouts(mount_factory, src, view):
+    """Issue #8.1: after an atomic replace, an open file serves the version it
+    opened whole, also after the attribute timeout and a cache drop (the
+    kernel then asks for its attributes: they come from its own fd)."""
+    path = os.path.join(src, "a.pt")
+    _write(path, _ckpt(0))
+    m = mount_factory(src)
+    old = read_bytes(m.path(view, "a.pt"))
+    with open(m.path(view, "a.pt"), "rb") as f:
+        head = f.read(4096)
+        _replace(path, _ckpt(1, big=(1 << 20) + 1000))
+        time.sleep(ATTR_WAIT)
+        _drop_cache(f)
+        assert os.fstat(f.fileno()).st_size == len(old)
+        rest = f.read()
+    assert head + rest == old, "the open file did not serve the version it opened whole"
+    _assert_loads_as(m, view, "a.pt", torch.load(path))
+
+
+def _read_some(f, n):
+    """Reads up to n bytes; returns (bytes, errno or None)."""
+    out = b""
+    while len(out) < n:
+        try:
+            chunk = f.read(min(1 << 20, n - len(out)))
+        except OSError as e:
+            return out, e.errno
+        if not chunk:
+            break
+        out += chunk
+    return out, None
+
+
+@pytest.mark.parametrize("view", ckref.VIEWS)
+def test_in_place_save_never_mixes_with_second_reader(mount_factory, src, view):
+    """Issue #8.2: reader A reads half; torch.save overwrites the source in
+    place (same size, same inode); reader B opens and reads the whole new
+    view; A reads on: only old bytes, then EIO, never new bytes."""
+    path = os.path.join(src, "b.pt")
+    old_sd, new_sd = _sd(0, 1 << 22), _sd(1, 1 << 22)
+    torch.save(old_sd, path)
+    m = mount_factory(src)
+    old = read_bytes(m.path(view, "b.pt"))
+    ino = os.stat(path).st_ino
+    with open(m.path(view, "b.pt"), "rb") as a:
+        first = a.read(len(old) // 2)
+        assert first == old[:len(first)]
+        torch.save(new_sd, path)
+        assert os.stat(path).st_ino == ino and os.path.getsize(path) == len(read_bytes(path))
+        got_b = read_bytes(m.path(view, "b.pt"))                     # reader B
+        assert ckref.same(torch.load(io.BytesIO(got_b)), ckref.transform(new_sd, view)), \
+            "a new open after an in-place save did not serve the new version"
+        rest, err = _read_some(a, len(old))
+    whole = first + rest
+    assert whole == old[:len(whole)], "reader A got bytes of the new version"
+    assert err == errno.EIO or len(whole) == len(old), \
+        "reader A neither finished the old version nor got EIO (errno %s)" % err
+
+
+@pytest.mark.parametrize("same_size", [True, False])
+@pytest.mark.parametrize("view", ckref.VIEWS)
+def test_in_place_save_loads_at_once(mount_factory, src, view, same_size):
+    """Issue #8.3: torch.save over a checkpoint the kernel has just looked
+    up; the next load through the mount serves the new version with its
+    exact size, with no wait for the attribute timeout."""
+    path = os.path.join(src, "latest.pt")
+    torch.save(_sd(0), path)
+    m = mount_factory(src)
+    for i in range(1, 4):
+        _load_view(m, view, "latest.pt")        # the kernel now holds its entry and size
+        new = _sd(i, 1 << 20 if same_size else (1 << 20) + 4096 * i)
+        torch.save(new, path)
+        _assert_loads_as(m, view, "latest.pt", new)
+        assert os.stat(m.path(view, "latest.pt")).st_size == \
+            len(read_bytes(m.path(view, "latest.pt")))
+
+
+def test_new_and_deleted_files_at_once(mount_factory, src):
+    """Issue #8.3: a file added to the source opens at once; one deleted
+    fails to open at once, even while the kernel still holds its entry."""
+    torch.save(_sd(0, 16), os.path.join(src, "x.pt"))
+    m = mount_factory(src)
+    for view in ckref.VIEWS:
+        _load_view(m, view, "x.pt")
+    os.unlink(os.path.join(src, "x.pt"))
+    torch.save(_sd(1, 16), os.path.join(src, "y.pt"))
+    for view in ckref.VIEWS:
+        with pytest.raises(FileNotFoundError):
+            open(m.path(view, "x.pt"), "rb")
+        _assert_loads_as(m, view, "y.pt", _sd(1, 16))
+
+
+# -- inode reuse on a real ext4 ---------------------------------------------
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                ("f_handle", ctypes.c_ubyte * 128)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _name_to_handle(path):
+    fh = _FileHandle(handle_bytes=128)
+    mount_id = ctypes.c_int()
+    if _libc.name_to_handle_at(-100, path.encode(), ctypes.byref(fh), ctypes.byref(mount_id), 0):
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path)
+    return fh
+
+
+def _open_by_handle(mount_fd, fh):
+    fd = _libc.open_by_handle_at(mount_fd, ctypes.byref(fh), os.O_RDONLY)
+    if fd < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return fd
+
+
+def _drop_caches():
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")
+
+
+@pytest.fixture
+def ext4_src(tmp_path):
+    """A directory on a fresh ext4 image mounted by loop device (journal on:
+    ext4 then reuses a freed inode number at once). Always unmounted."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for mount -o loop")
+    img, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
+    mnt.mkdir()
+    subprocess.run(["truncate", "-s", "64M", str(img)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+    r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], stderr=subprocess.PIPE)
+    if r.returncode:
+        pytest.skip("cannot loop-mount ext4: %s" % r.stderr.decode().strip())
+    try:
+        os.mkdir(str(mnt / "src"))
+        yield str(mnt / "src")
+    finally:
+        if subprocess.run(["umount", str(mnt)]).returncode:
+            subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_stale_handle_never_opens_reused_inode(ext4_src, mount_factory):
+    """Issue #8.4: a handle of plain/a.pth, taken before a.pth is replaced,
+    is ESTALE once c.pth has taken the old inode number; it never opens
+    c.pth."""
+    src = ext4_src
+    a, c = os.path.join(src, "a.pth"), os.path.join(src, "c.pth")
+    torch.save(_sd(0, 1024), a)
+    m = mount_factory(src)
+    view_a = m.path("plain", "a.pth")
+    fh = _name_to_handle(view_a)
+    old_ino = os.stat(a).st_ino
+    mount_fd = os.open(m.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = _open_by_handle(mount_fd, fh)                      # the handle works
+        os.close(fd)
+        torch.save(_sd(1, 1024), a + ".tmp")
+        os.rename(a + ".tmp", a)
+        _drop_caches()
+        torch.save(_sd(2, 1024), c)
+        assert os.stat(c).st_ino == old_ino, "ext4 did not reuse the inode number"
+        _drop_caches()
+        with pytest.raises(OSError) as ei:
+            fd = _open_by_handle(mount_fd, fh)
+            try:
+                got = os.read(fd, 1 << 20)
+            finally:
+                os.close(fd)
+            pytest.fail("the old handle opened a file (%s)" % (
+                "c.pth" if got == read_bytes(m.path("plain", "c.pth"))[:len(got)] else "?"))
+        assert ei.value.errno == errno.ESTALE, ei.value
+        _assert_loads_as(m, "plain", "c.pth", _sd(2, 1024))
+    finally:
+        os.close(mount_fd)
