@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -91,6 +92,9 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 	}
 	fs->views = views;
 	fs->nviews = nviews;
+	/* A writer opening a source in the instant being_written() holds its
+	 * lease makes the kernel send SIGIO, which would end the daemon. */
+	signal(SIGIO, SIG_IGN);
 	pthread_mutex_init(&fs->open_lock, NULL);
 	fs->nodes = ck_nodes_new(root_fd, (unsigned)nviews);
 	if (!fs->nodes) {
@@ -148,8 +152,28 @@ static int reopen(const struct ck_located *loc, int flags)
 	return fd < 0 ? -errno : fd;
 }
 
+/* Whether a process has the source open for writing. A write changes ctime
+ * when it starts, not when it ends: a version sampled while one runs is not
+ * settled, and its bytes may be half old, half new. A read lease is refused
+ * exactly then; it is taken and dropped at once. Where no lease can be taken
+ * (a daemon without CAP_LEASE reading another user's file, a file system
+ * without leases) nothing can be told: the file counts as settled. */
+static bool being_written(int fd)
+{
+	if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
+		(void)fcntl(fd, F_SETLEASE, F_UNLCK);
+		return false;
+	}
+	return errno == EAGAIN;
+}
+
+/* A source open for writing has no settled version: its node is not the
+ * one it will have when the writer closes it, and its view is not built. */
+#define UNSETTLED UINT64_C(0x5e771ed0b5e771ed)
+
 /* Opens a located regular file and gets its built view (building it the
- * first time this version of the file is seen). */
+ * first time this version of the file is seen). -EBUSY (sf->st filled,
+ * nothing held) while a process has it open for writing. */
 static int open_source(struct ck_fs *fs, const struct ck_located *loc, struct source_file *sf)
 {
 	char name[VIEW_PATH_MAX];
@@ -164,6 +188,10 @@ static int open_source(struct ck_fs *fs, const struct ck_located *loc, struct so
 		int err = -errno;
 		close(sf->fd);
 		return err;
+	}
+	if (being_written(sf->fd)) {
+		close(sf->fd);
+		return -EBUSY;
 	}
 	view_path(fs, loc, name, sizeof(name));
 	src = (struct ck_src){.fd = sf->fd, .size = (uint64_t)sf->st.st_size, .name = name};
@@ -196,10 +224,10 @@ static void view_attr(const struct stat *src, uint64_t id, const struct ck_built
 
 /* The node a located object is at the version st shows. */
 static void located_node(struct ck_fs *fs, const struct ck_located *loc, const struct stat *st,
-			 const struct ck_built *b, struct node_attr *na)
+			 uint64_t ident, const struct ck_built *b, struct node_attr *na)
 {
-	view_attr(st, ck_nodes_id(fs->nodes, st, loc->ident, loc->view), b, &na->attr);
-	na->generation = ck_nodes_generation(st, loc->ident);
+	view_attr(st, ck_nodes_id(fs->nodes, st, ident, loc->view), b, &na->attr);
+	na->generation = ck_nodes_generation(st, ident);
 	na->passthrough = b && b->format == CK_FORMAT_OTHER && !b->err.code;
 }
 
@@ -213,17 +241,18 @@ static int located_attr(struct ck_fs *fs, const struct ck_located *loc, struct n
 	int err;
 
 	if (!S_ISREG(loc->st.st_mode)) {
-		located_node(fs, loc, &loc->st, NULL, na);
+		located_node(fs, loc, &loc->st, loc->ident, NULL, na);
 		return 0;
 	}
 	err = open_source(fs, loc, &sf);
-	if (err == -EACCES || err == -EPERM) {
-		located_node(fs, loc, &loc->st, NULL, na);
+	if (err == -EACCES || err == -EPERM || err == -EBUSY) {
+		located_node(fs, loc, err == -EBUSY ? &sf.st : &loc->st,
+			     err == -EBUSY ? loc->ident ^ UNSETTLED : loc->ident, NULL, na);
 		return 0;
 	}
 	if (err)
 		return err;
-	located_node(fs, loc, &sf.st, ck_cache_built(sf.ent), na);
+	located_node(fs, loc, &sf.st, loc->ident, ck_cache_built(sf.ent), na);
 	close_source(fs, &sf);
 	return 0;
 }
@@ -437,8 +466,9 @@ static int changed_while_open(struct open_file *of, const char *why)
 }
 
 /* A file that was no checkpoint when opened reads as the source does (a log
- * appended to), until the source becomes a checkpoint: its raw bytes are
- * then neither the source's view nor what was opened. */
+ * appended to), until the source becomes a checkpoint (once its writer has
+ * closed it): its raw bytes are then neither the source's view nor what
+ * was opened. */
 static int check_passthrough(struct ck_fs *fs, struct open_file *of, const struct stat *now)
 {
 	const struct ck_cache_key *was = ck_cache_entry_key(of->src.ent);
@@ -448,7 +478,7 @@ static int check_passthrough(struct ck_fs *fs, struct open_file *of, const struc
 	struct ck_err e;
 	bool other;
 
-	if (!version_changed(&of->src.st, now))
+	if (!version_changed(&of->src.st, now) || being_written(of->src.fd))
 		return 0;
 	key = ck_cache_key_of(now, was->view);
 	ent = ck_cache_get(fs->cache, &key, &src, &e);
@@ -499,6 +529,21 @@ static int open_version_attr(struct ck_fs *fs, uint64_t id, struct stat *attr)
 	return err;
 }
 
+/* Readers polling a file being written would fill the log: one line per
+ * version (the last one logged). */
+static int log_being_written(struct ck_fs *fs, const struct ck_located *loc, uint64_t id)
+{
+	static _Atomic uint64_t last_logged;
+	char name[VIEW_PATH_MAX];
+	struct ck_err e;
+
+	if (atomic_exchange(&last_logged, id) == id)
+		return -EIO;
+	view_path(fs, loc, name, sizeof(name));
+	ck_err_set(&e, EIO, "open for writing; it opens once its writer closes it");
+	return ck_log_err(name, &e);
+}
+
 /* Opens the version of the file node id names. When the source changed
  * since the kernel looked it up, ESTALE makes the kernel look the name up
  * again (the new version is a new node) and retry; a file that is no
@@ -522,6 +567,8 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out)
 	err = of ? open_source(fs, &loc, &of->src) : -ENOMEM;
 	if (!err)
 		view_path(fs, &loc, of->name, sizeof(of->name));
+	else if (err == -EBUSY)
+		err = log_being_written(fs, &loc, id);
 	if (err) {
 		close(loc.fd);
 		free(of);

@@ -20,6 +20,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -447,3 +448,73 @@ def test_stale_handle_never_opens_reused_inode(ext4_src, mount_factory):
         _assert_loads_as(m, "plain", "c.pth", _sd(2, 1024))
     finally:
         os.close(mount_fd)
+
+
+# -- a writer rewriting a checkpoint while readers load it -------------------
+
+_WRITER = r"""
+import os, sys, time, torch
+path, mode, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+sds = [torch.load(p) for p in sys.argv[4:6]]
+raw = [open(p, "rb").read() for p in sys.argv[4:6]]
+i = 0
+while not os.path.exists(stop):
+    i += 1
+    if mode == "save":
+        torch.save(sds[i % 2], path)              # truncates, then writes
+    else:
+        fd = os.open(path, os.O_WRONLY)           # never truncates
+        os.pwrite(fd, raw[i % 2], 0)
+        os.close(fd)
+    time.sleep(0.002)
+"""
+
+LOAD_SECONDS = 6.0
+
+
+@pytest.mark.parametrize("mode", ["save", "pwrite"])
+@pytest.mark.parametrize("view", ckref.VIEWS)
+def test_rewrites_in_place_never_load_mixed(mount_factory, src, tmp_path, view, mode):
+    """Issue #8.5 (torn reads): a writer rewrites a checkpoint in place with
+    the same size in a loop (torch.save, or raw pwrite that never
+    truncates) while a reader loads it through the mount: every load is
+    exactly one version's weights or an error, never a mix."""
+    path = os.path.join(src, "live.pt")
+    versions = [_sd(0, 1 << 20), _sd(1, 1 << 20)]
+    files = []
+    for i, sd in enumerate(versions):
+        p = str(tmp_path / ("v%d.pt" % i))
+        torch.save(sd, p)
+        files.append(p)
+    assert os.path.getsize(files[0]) == os.path.getsize(files[1])
+    shutil.copyfile(files[0], path)
+    wants = [ckref.transform(sd, view) for sd in versions]
+    m = mount_factory(src)
+    stop = str(tmp_path / "stop")
+    w = subprocess.Popen([sys.executable, "-c", _WRITER, path, mode, stop] + files)
+    ok = failed = 0
+    mixed = []
+    try:
+        deadline = time.monotonic() + LOAD_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                got = _load_view(m, view, "live.pt")
+            except Exception:
+                failed += 1
+                continue
+            if any(ckref.same(got, want) for want in wants):
+                ok += 1
+            else:
+                mixed.append(got)
+    finally:
+        open(stop, "w").close()
+        try:
+            w.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait()
+    assert not mixed, "%d of %d loads mixed two versions (%d ok, %d failed)" % (
+        len(mixed), ok + failed + len(mixed), ok, failed)
+    assert ok > 0, "no load succeeded (%d failed)" % failed
+    print("loads: %d ok, %d failed" % (ok, failed))
+    assert w.returncode == 0
