@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 import ckref
+import stref
 from conftest import read_bytes, sha256
 
 NEW_TIMEOUT = 3.0           # s until a new open must show a new version
@@ -518,3 +519,120 @@ def test_rewrites_in_place_never_load_mixed(mount_factory, src, tmp_path, view, 
     assert ok > 0, "no load succeeded (%d failed)" % failed
     print("loads: %d ok, %d failed" % (ok, failed))
     assert w.returncode == 0
+
+
+# -- files opened before they were checkpoints --------------------------------
+
+def _read_after_change(f):
+    """Reads an open file again from the start, past the attribute timeout
+    and with its cached pages dropped: its bytes, or None for EIO."""
+    time.sleep(ATTR_WAIT)
+    _drop_cache(f)
+    f.seek(0)
+    try:
+        return f.read()
+    except OSError as e:
+        assert e.errno == errno.EIO, e
+        return None
+
+
+@pytest.mark.parametrize("view", ckref.VIEWS)
+def test_empty_file_completed_as_checkpoint(mount_factory, src, view):
+    """Issue #8.6: a file opened while empty (as torch.save has just created
+    it) does not serve the raw bytes of the checkpoint later saved into the
+    same inode: EIO (or still nothing); a new open loads the checkpoint."""
+    path = os.path.join(src, "new.pt")
+    open(path, "wb").close()
+    m = mount_factory(src)
+    sd = _sd(3)
+    with open(m.path(view, "new.pt"), "rb") as f:
+        assert f.read() == b""
+        ino = os.stat(path).st_ino
+        torch.save(sd, path)
+        assert os.stat(path).st_ino == ino
+        got = _read_after_change(f)
+    assert got is None or got == b"", "the file opened empty served %d other bytes" % len(got)
+    _assert_loads_as(m, view, "new.pt", sd)
+
+
+@pytest.mark.parametrize("view", ckref.VIEWS)
+def test_safetensors_header_completed_in_place(mount_factory, src, view):
+    """Issue #8.6: a safetensors file opened while its header is not all
+    written reads as the raw bytes it had, or EIO, once the writer completes
+    it; a new open serves its view."""
+    path = os.path.join(src, "m.safetensors")
+    torch.manual_seed(4)
+    data = {n: torch.randn(256).numpy().tobytes() for n in ("module.w", "module.b")}
+    raw = stref.build([(n, "F32", [256], d) for n, d in data.items()])
+    with open(path, "wb") as w:
+        w.write(raw[:40])                               # the length and part of the header
+    m = mount_factory(src)
+    with open(m.path(view, "m.safetensors"), "rb") as f:
+        first = f.read()
+        assert first == raw[:40]
+        with open(path, "ab") as w:
+            w.write(raw[40:])
+        got = _read_after_change(f)
+    assert got is None or got == first, \
+        "the file opened half-written served %d other bytes" % len(got)
+    v = stref.read(m.path(view, "m.safetensors"))
+    want = {ckref.view_key(ckref.view_of(view), n): d for n, d in data.items()}
+    assert sorted(v.tensors) == sorted(want)
+    for n, d in want.items():
+        t = v.tensors[n]
+        assert v.data[t.begin:t.end] == d
+
+
+@pytest.mark.parametrize("view", ckref.VIEWS)
+def test_checkpoint_open_for_writing_then_closed(mount_factory, src, view):
+    """Issue #8.6: while a writer holds a checkpoint open with half of it
+    written, opening its view fails with EIO; the moment the writer closes
+    it, a new open loads it, exact size included."""
+    path = os.path.join(src, "w.pt")
+    sd = _sd(5)
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    data = buf.getvalue()
+    m = mount_factory(src)
+    with open(path, "wb") as w:
+        w.write(data[:len(data) // 2])
+        w.flush()
+        for _ in range(2):
+            with pytest.raises(OSError) as ei:
+                open(m.path(view, "w.pt"), "rb").close()
+            assert ei.value.errno == errno.EIO
+        w.write(data[len(data) // 2:])
+    _assert_loads_as(m, view, "w.pt", sd)
+    assert os.stat(m.path(view, "w.pt")).st_size == len(read_bytes(m.path(view, "w.pt")))
+
+
+# -- a rewrite that restores mtime -----------------------------------------
+
+@pytest.mark.parametrize("view", ckref.VIEWS)
+def test_rewrite_with_restored_mtime_is_a_new_version(mount_factory, src, view):
+    """Issue #8.7: a same-size rewrite whose mtime is restored (cp -p,
+    rsync --inplace -t, touch -r) is a new version: its ctime changed. The
+    view is rebuilt (never the old pickle over the new tensors)."""
+    path = os.path.join(src, "r.pt")
+    torch.manual_seed(6)
+    t = [torch.randn(4096) for _ in range(2)]
+    first = {"module.wa": t[0], "module.wb": t[1]}
+    second = {"module.wb": t[0] + 1, "module.wa": t[1] + 1}     # the other order: another pickle
+    raws = []
+    for sd in (first, second):
+        b = io.BytesIO()
+        torch.save(sd, b)
+        raws.append(b.getvalue())
+    assert len(raws[0]) == len(raws[1]) and raws[0] != raws[1]
+    _write(path, raws[0])
+    m = mount_factory(src)
+    _assert_loads_as(m, view, "r.pt", first)
+    st = os.stat(path)
+    with open(path, "r+b") as w:
+        w.write(raws[1])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = os.stat(path)
+    assert (now.st_size, now.st_mtime_ns, now.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    _assert_loads_as(m, view, "r.pt", second)
+    time.sleep(ATTR_WAIT)
+    _assert_loads_as(m, view, "r.pt", second)
