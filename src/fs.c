@@ -55,6 +55,8 @@ struct open_file {
 	struct source_file src;    /* src.st: the version opened */
 	uint64_t id;
 	bool passthrough;          /* no checkpoint: read as the source is now */
+	pthread_mutex_t lease_lock;
+	unsigned leases;           /* reads in flight under the read lease */
 	char name[VIEW_PATH_MAX];
 	atomic_flag told_changed;
 	struct open_file *prev, *next; /* in fs->open_files */
@@ -431,6 +433,7 @@ static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 static void close_view_file(struct ck_fs *fs, struct open_file *of)
 {
 	close_source(fs, &of->src);
+	pthread_mutex_destroy(&of->lease_lock);
 	free(of);
 }
 
@@ -575,6 +578,7 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out)
 		return err;
 	}
 	b = ck_cache_built(of->src.ent);
+	pthread_mutex_init(&of->lease_lock, NULL);
 	of->id = id;
 	of->passthrough = b->format == CK_FORMAT_OTHER && !b->err.code;
 	if (b->err.code) /* logged when it was built */
@@ -688,46 +692,132 @@ static int pread_all(int fd, char *buf, size_t n, off_t off)
  * it, the central directory), so a request spans at most that many. */
 #define READ_SEGMENTS 4
 
-/* Lays out the part [start, end) of the view that a read returns: memory
- * segments point into the layout, source bytes are copied into buf. */
-static int gather(const struct ck_layout *l, int fd, uint64_t start, uint64_t end, char *buf,
-		  struct iovec *iov, size_t n)
+/* Segment ext of a read of [start, end): its length, and where its bytes
+ * are: *mem in the layout's memory, or else at *src_off in the source. */
+static size_t segment(const struct ck_layout *l, size_t ext, uint64_t start, uint64_t end,
+		      const uint8_t **mem, off_t *src_off)
 {
-	size_t first = ck_layout_find(l, start);
+	const struct ck_extent *x = &l->ext[ext];
+	uint64_t from = x->off > start ? x->off : start;
+	uint64_t to = x->off + x->len < end ? x->off + x->len : end;
 
-	for (size_t i = 0; i < n; i++) {
-		const struct ck_extent *x = &l->ext[first + i];
-		uint64_t from = x->off > start ? x->off : start;
-		uint64_t to = x->off + x->len < end ? x->off + x->len : end;
-		int err;
+	*mem = x->kind == CK_EXTENT_MEM ? l->mem + x->src_off + (from - x->off) : NULL;
+	*src_off = (off_t)(x->src_off + (from - x->off));
+	return (size_t)(to - from);
+}
 
-		iov[i].iov_len = (size_t)(to - from);
-		if (x->kind == CK_EXTENT_MEM) {
-			iov[i].iov_base = l->mem + x->src_off + (from - x->off);
-			continue;
+/* The version an open checkpoint still has, or EIO. */
+static int check_version(struct open_file *of)
+{
+	struct stat now;
+
+	if (fstat(of->src.fd, &now))
+		return -errno;
+	return version_changed(&of->src.st, &now) ? changed_while_open(of, "source changed while open") : 0;
+}
+
+/* Copies the source bytes, then checks the version: a write changes mtime
+ * or ctime before it changes bytes, so the same version after the copy
+ * means the copy is of that version. */
+static int reply_copied(fuse_req_t req, struct open_file *of, const struct ck_layout *l,
+			uint64_t start, uint64_t end, size_t first, size_t n)
+{
+	struct iovec local[READ_SEGMENTS], *iov = local;
+	char *buf = copy_buffer((size_t)(end - start));
+	int err = 0;
+
+	if (!buf || (n > READ_SEGMENTS && !(iov = malloc(n * sizeof(*iov)))))
+		return -ENOMEM;
+	for (size_t i = 0; i < n && !err; i++) {
+		const uint8_t *mem;
+		off_t src_off;
+
+		iov[i].iov_len = segment(l, first + i, start, end, &mem, &src_off);
+		iov[i].iov_base = mem ? (void *)mem : buf;
+		if (!mem) {
+			err = pread_all(of->src.fd, buf, iov[i].iov_len, src_off);
+			buf += iov[i].iov_len;
 		}
-		iov[i].iov_base = buf;
-		err = pread_all(fd, buf, iov[i].iov_len, (off_t)(x->src_off + (from - x->off)));
-		if (err)
-			return err;
-		buf += iov[i].iov_len;
 	}
+	if (!err)
+		err = check_version(of);
+	if (!err)
+		fuse_reply_iov(req, iov, (int)n);
+	if (iov != local)
+		free(iov);
+	return err;
+}
+
+/* Splices the source bytes: the reader gets the source's pages themselves,
+ * moved or copied once the reply is written. Only under a read lease can
+ * no write change them meanwhile. */
+static int reply_spliced(fuse_req_t req, struct open_file *of, const struct ck_layout *l,
+			 uint64_t start, uint64_t end, size_t first, size_t n)
+{
+	struct {
+		struct fuse_bufvec bv;
+		struct fuse_buf more[READ_SEGMENTS - 1];
+	} local;
+	struct fuse_bufvec *bv = &local.bv;
+	int err = check_version(of);
+
+	if (err)
+		return err;
+	if (n > READ_SEGMENTS && !(bv = malloc(sizeof(*bv) + (n - 1) * sizeof(bv->buf[0]))))
+		return -ENOMEM;
+	memset(bv, 0, sizeof(*bv) + (n - 1) * sizeof(bv->buf[0]));
+	bv->count = n;
+	for (size_t i = 0; i < n; i++) {
+		struct fuse_buf *b = &bv->buf[i];
+		const uint8_t *mem;
+
+		b->size = segment(l, first + i, start, end, &mem, &b->pos);
+		if (mem) {
+			b->mem = (void *)mem;
+		} else {
+			b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+			b->fd = of->src.fd;
+		}
+	}
+	fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
+	if (bv != &local.bv)
+		free(bv);
 	return 0;
 }
 
-/* A checkpoint's reply is never assembled across a change: its source bytes
- * are copied, then the version is checked. Any write changes mtime or
- * ctime before it changes bytes, so an unchanged version after the copy
- * means the copy is of that version. (A splice would hand the reader pages
- * that a later write can still change.) */
-static int reply_checked(fuse_req_t req, struct open_file *of, const struct ck_layout *l,
-			 size_t size, off_t off)
+/* A read lease on the source, shared by the threads reading one open file:
+ * none can be taken while a process has the file open for writing, and
+ * while it is held an open for writing waits. Not taken again once the
+ * kernel is breaking it for a writer, so that writer waits for the reads
+ * in flight only. */
+static bool lease_take(struct open_file *of)
+{
+	bool held;
+
+	pthread_mutex_lock(&of->lease_lock);
+	held = of->leases ? fcntl(of->src.fd, F_GETLEASE) == F_RDLCK
+			  : fcntl(of->src.fd, F_SETLEASE, F_RDLCK) == 0;
+	if (held)
+		of->leases++;
+	pthread_mutex_unlock(&of->lease_lock);
+	return held;
+}
+
+static void lease_drop(struct open_file *of)
+{
+	pthread_mutex_lock(&of->lease_lock);
+	if (--of->leases == 0)
+		(void)fcntl(of->src.fd, F_SETLEASE, F_UNLCK);
+	pthread_mutex_unlock(&of->lease_lock);
+}
+
+/* A checkpoint's reply is never assembled across a change: spliced under a
+ * read lease (no write can happen), else copied and then checked. */
+static int reply_view(fuse_req_t req, struct open_file *of, const struct ck_layout *l, size_t size,
+		      off_t off)
 {
 	uint64_t start = (uint64_t)off, end;
-	struct iovec local[READ_SEGMENTS], *iov = local;
-	struct stat now;
-	size_t n;
-	char *buf;
+	size_t first, n;
 	int err;
 
 	if (start >= l->size || size == 0) {
@@ -735,19 +825,12 @@ static int reply_checked(fuse_req_t req, struct open_file *of, const struct ck_l
 		return 0;
 	}
 	end = size < l->size - start ? start + size : l->size;
-	n = ck_layout_find(l, end - 1) - ck_layout_find(l, start) + 1;
-	if (!(buf = copy_buffer((size_t)(end - start))) ||
-	    (n > READ_SEGMENTS && !(iov = malloc(n * sizeof(*iov)))))
-		return -ENOMEM;
-	err = gather(l, of->src.fd, start, end, buf, iov, n);
-	if (fstat(of->src.fd, &now))
-		err = -errno;
-	else if (version_changed(&of->src.st, &now))
-		err = changed_while_open(of, "source changed while open");
-	if (!err)
-		fuse_reply_iov(req, iov, (int)n);
-	if (iov != local)
-		free(iov);
+	first = ck_layout_find(l, start);
+	n = ck_layout_find(l, end - 1) - first + 1;
+	if (!lease_take(of))
+		return reply_copied(req, of, l, start, end, first, n);
+	err = reply_spliced(req, of, l, start, end, first, n);
+	lease_drop(of);
 	return err;
 }
 
@@ -769,7 +852,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		if (!err)
 			reply_source(req, of->src.fd, size, off);
 	} else {
-		err = reply_checked(req, of, b->layout ? b->layout : &unchanged, size, off);
+		err = reply_view(req, of, b->layout ? b->layout : &unchanged, size, off);
 	}
 	if (err)
 		fuse_reply_err(req, -err);
