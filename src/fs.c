@@ -513,7 +513,9 @@ static int open_file_attr(struct ck_fs *fs, struct open_file *of, struct stat *a
 
 /* A node no name leads to any more is answered from a file open at its
  * version whose bytes are still that version (the source was replaced by
- * rename or unlinked); one changed in place is stale. */
+ * rename or unlinked), or from a pass-through file as it is now; a
+ * checkpoint changed in place is stale. (The kernel asks without the file
+ * for fstat(2) too.) */
 static int open_version_attr(struct ck_fs *fs, uint64_t id, struct stat *attr)
 {
 	struct open_file *of;
@@ -522,9 +524,12 @@ static int open_version_attr(struct ck_fs *fs, uint64_t id, struct stat *attr)
 
 	pthread_mutex_lock(&fs->open_lock);
 	DL_FOREACH(fs->open_files, of) {
-		if (of->id == id && fstat(of->src.fd, &now) == 0 &&
-		    (of->passthrough || !version_changed(&of->src.st, &now))) {
-			err = open_file_attr(fs, of, attr);
+		if (of->id != id || fstat(of->src.fd, &now))
+			continue;
+		if (of->passthrough || !version_changed(&of->src.st, &now)) {
+			view_attr(of->passthrough ? &now : &of->src.st, id,
+				  of->passthrough ? NULL : ck_cache_built(of->src.ent), attr);
+			err = 0;
 			break;
 		}
 	}
