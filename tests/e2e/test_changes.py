@@ -632,3 +632,33 @@ def test_rewrite_with_restored_mtime_is_a_new_version(mount_factory, src, view):
     _assert_loads_as(m, view, "r.pt", second)
     time.sleep(ATTR_WAIT)
     _assert_loads_as(m, view, "r.pt", second)
+
+
+def test_handle_names_one_version_across_restart(mount_factory, src):
+    """A file handle of a view file (what an NFS server hands out) opens the
+    same version after the daemon restarts, and is ESTALE once the source
+    is saved in place: it never reads the new bytes as if they were the
+    version it named."""
+    os.mkdir(os.path.join(src, "sub"))
+    path = os.path.join(src, "sub", "a.pt")
+    torch.save(_sd(7, 4096), path)
+    m = mount_factory(src, name="m")
+    fh = _name_to_handle(m.path("plain", "sub", "a.pt"))
+    want = read_bytes(m.path("plain", "sub", "a.pt"))
+    assert m.stop() == []
+    m = mount_factory(src, name="m")                        # a new daemon, the same mountpoint
+    mount_fd = os.open(m.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = _open_by_handle(mount_fd, fh)
+        try:
+            assert os.read(fd, len(want) + 1) == want
+        finally:
+            os.close(fd)
+        torch.save(_sd(8, 4096), path)                      # the same size, the same inode
+        _drop_caches()
+        with pytest.raises(OSError) as ei:
+            os.close(_open_by_handle(mount_fd, fh))
+        assert ei.value.errno == errno.ESTALE, ei.value
+    finally:
+        os.close(mount_fd)
+    _assert_loads_as(m, "plain", "sub/a.pt", _sd(8, 4096))
