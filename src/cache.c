@@ -112,12 +112,15 @@ static bool worth_keeping(const struct ck_built *b)
 
 /* A view is built from what the file held throughout: a write changes
  * ctime before it changes bytes, so the same key after the build means
- * the bytes read were of that version. */
+ * the bytes read were of that version. (An unsettled key names no version:
+ * its file is expected to change.) */
 static bool changed_since(const struct ck_cache_key *key, int fd)
 {
 	struct ck_cache_key now;
 	struct stat st;
 
+	if (key->unsettled)
+		return false;
 	if (fstat(fd, &st))
 		return true;
 	now = ck_cache_key_of(&st, key->view);

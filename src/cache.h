@@ -5,6 +5,7 @@
 #ifndef CKPTFS_CACHE_H
 #define CKPTFS_CACHE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include "err.h"
@@ -21,6 +22,9 @@ struct ck_cache_key {
 	uint64_t dev, ino, size;
 	int64_t mtime_ns, ctime_ns;
 	const struct ck_view *view;
+	/* Built while a process had the file open for writing: what it shows
+	 * is not the version those times will name once the writer is done. */
+	bool unsettled;
 };
 
 struct ck_cache_key ck_cache_key_of(const struct stat *st, const struct ck_view *v);

@@ -173,9 +173,18 @@ static bool being_written(int fd)
  * one it will have when the writer closes it, and its view is not built. */
 #define UNSETTLED UINT64_C(0x5e771ed0b5e771ed)
 
+static void close_source(struct ck_fs *fs, struct source_file *sf);
+
+/* Files that are no checkpoints are served as they are. */
+static bool is_passthrough(const struct ck_built *b)
+{
+	return b->format == CK_FORMAT_OTHER && !b->err.code;
+}
+
 /* Opens a located regular file and gets its built view (building it the
  * first time this version of the file is seen). -EBUSY (sf->st filled,
- * nothing held) while a process has it open for writing. */
+ * nothing held) for a checkpoint a process has open for writing; a file
+ * that is none (a log) is served while it is written. */
 static int open_source(struct ck_fs *fs, const struct ck_located *loc, struct source_file *sf)
 {
 	char name[VIEW_PATH_MAX];
@@ -191,17 +200,18 @@ static int open_source(struct ck_fs *fs, const struct ck_located *loc, struct so
 		close(sf->fd);
 		return err;
 	}
-	if (being_written(sf->fd)) {
-		close(sf->fd);
-		return -EBUSY;
-	}
 	view_path(fs, loc, name, sizeof(name));
 	src = (struct ck_src){.fd = sf->fd, .size = (uint64_t)sf->st.st_size, .name = name};
 	key = ck_cache_key_of(&sf->st, fs->views[loc->view]);
+	key.unsettled = being_written(sf->fd);
 	sf->ent = ck_cache_get(fs->cache, &key, &src, &e);
 	if (!sf->ent) {
 		close(sf->fd);
 		return ck_log_err(name, &e);
+	}
+	if (key.unsettled && !is_passthrough(ck_cache_built(sf->ent))) {
+		close_source(fs, sf);
+		return -EBUSY;
 	}
 	return 0;
 }
@@ -230,7 +240,7 @@ static void located_node(struct ck_fs *fs, const struct ck_located *loc, const s
 {
 	view_attr(st, ck_nodes_id(fs->nodes, st, ident, loc->view), b, &na->attr);
 	na->generation = ck_nodes_generation(st, ident);
-	na->passthrough = b && b->format == CK_FORMAT_OTHER && !b->err.code;
+	na->passthrough = b && is_passthrough(b);
 }
 
 /* A regular file's view is built here, so its size is exact before the
@@ -487,7 +497,7 @@ static int check_passthrough(struct ck_fs *fs, struct open_file *of, const struc
 	ent = ck_cache_get(fs->cache, &key, &src, &e);
 	if (!ent)
 		return ck_log_err(of->name, &e);
-	other = ck_cache_built(ent)->format == CK_FORMAT_OTHER && !ck_cache_built(ent)->err.code;
+	other = is_passthrough(ck_cache_built(ent));
 	ck_cache_put(fs->cache, ent);
 	return other ? 0 : changed_while_open(of, "became a checkpoint while open");
 }
@@ -554,9 +564,10 @@ static int log_being_written(struct ck_fs *fs, const struct ck_located *loc, uin
 
 /* Opens the version of the file node id names. When the source changed
  * since the kernel looked it up, ESTALE makes the kernel look the name up
- * again (the new version is a new node) and retry; a file that is no
- * checkpoint, then and now, is opened as it is. */
-static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out)
+ * again (the new version is a new node) and retry. A file that is no
+ * checkpoint, then and now, is opened as it is now (*moved: the kernel's
+ * size of it is old), so a log appended to all the time never fails. */
+static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out, bool *moved)
 {
 	const struct ck_built *b;
 	struct ck_located loc;
@@ -585,12 +596,12 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out)
 	b = ck_cache_built(of->src.ent);
 	pthread_mutex_init(&of->lease_lock, NULL);
 	of->id = id;
-	of->passthrough = b->format == CK_FORMAT_OTHER && !b->err.code;
+	of->passthrough = is_passthrough(b);
 	if (b->err.code) /* logged when it was built */
 		err = -EIO;
-	else if (ck_nodes_id(fs->nodes, &of->src.st, loc.ident, loc.view) != id &&
-		 !(passthrough && of->passthrough))
-		err = -ESTALE;
+	*moved = ck_nodes_id(fs->nodes, &of->src.st, loc.ident, loc.view) != id;
+	if (*moved ? !(passthrough && of->passthrough) : passthrough && !of->passthrough)
+		err = -ESTALE; /* a new node, or a view's size the kernel has not been told */
 	close(loc.fd);
 	if (err) {
 		close_view_file(fs, of);
@@ -602,24 +613,28 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out)
 }
 
 /* No direct_io: pages the kernel caches are what mmap maps, and keep_cache
- * keeps them across opens: a node names one version, so they stay good. */
+ * keeps them across opens: a node names one version, so they stay good.
+ * Except for a file that is no checkpoint opened at a newer version than
+ * its node: read past the kernel's cache and its old size. */
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ck_fs *fs = fs_of(req);
 	struct open_file *of;
+	bool moved;
 	int err;
 
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	err = open_view_file(fs, ino, &of);
+	err = open_view_file(fs, ino, &of, &moved);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
 	fi->fh = (uintptr_t)of;
-	fi->keep_cache = 1;
+	fi->keep_cache = !moved;
+	fi->direct_io = moved;
 	pthread_mutex_lock(&fs->open_lock);
 	DL_APPEND(fs->open_files, of);
 	pthread_mutex_unlock(&fs->open_lock);

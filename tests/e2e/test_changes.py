@@ -662,3 +662,28 @@ def test_handle_names_one_version_across_restart(mount_factory, src):
     finally:
         os.close(mount_fd)
     _assert_loads_as(m, "plain", "sub/a.pt", _sd(8, 4096))
+
+
+def test_log_appended_reads_as_source(mount_factory, src):
+    """A file that is no checkpoint (a training log) reads as the source
+    does while it grows, whether its writer closes it between appends or
+    keeps it open; its new lines show in a file already open and in new
+    opens."""
+    path = os.path.join(src, "train.log")
+    _write(path, b"epoch 0\n")
+    m = mount_factory(src)
+    view = m.path("plain", "train.log")
+    with open(view, "rb") as f:
+        assert f.read() == b"epoch 0\n"
+        with open(path, "ab") as w:
+            w.write(b"epoch 1\n")
+        time.sleep(ATTR_WAIT)
+        assert os.fstat(f.fileno()).st_size == 16
+        assert f.read() == b"epoch 1\n"
+        with open(path, "ab") as w:                         # a writer that stays
+            for i in range(2, 5):
+                w.write(b"epoch %d\n" % i)
+                w.flush()
+                assert read_bytes(view) == read_bytes(path)
+            time.sleep(ATTR_WAIT)
+            assert f.read() == b"epoch 2\nepoch 3\nepoch 4\n"
