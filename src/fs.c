@@ -57,6 +57,9 @@ struct open_file {
 	bool passthrough;          /* no checkpoint: read as the source is now */
 	pthread_mutex_t lease_lock;
 	unsigned leases;           /* reads in flight under the read lease */
+	/* The kernel's reference, and one per read still holding the lease
+	 * after its reply, when the release may already be running. */
+	atomic_uint refs;
 	char name[VIEW_PATH_MAX];
 	atomic_flag told_changed;
 	struct open_file *prev, *next; /* in fs->open_files */
@@ -447,12 +450,18 @@ static void close_view_file(struct ck_fs *fs, struct open_file *of)
 	free(of);
 }
 
+static void put_view_file(struct ck_fs *fs, struct open_file *of)
+{
+	if (atomic_fetch_sub(&of->refs, 1) == 1)
+		close_view_file(fs, of);
+}
+
 static void release_view_file(struct ck_fs *fs, struct open_file *of)
 {
 	pthread_mutex_lock(&fs->open_lock);
 	DL_DELETE(fs->open_files, of);
 	pthread_mutex_unlock(&fs->open_lock);
-	close_view_file(fs, of);
+	put_view_file(fs, of);
 }
 
 /* Whether the bytes of a file may have changed since st was taken. Its own
@@ -608,6 +617,7 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out,
 		return err;
 	}
 	atomic_flag_clear(&of->told_changed);
+	atomic_init(&of->refs, 1);
 	*out = of;
 	return 0;
 }
@@ -833,8 +843,8 @@ static void lease_drop(struct open_file *of)
 
 /* A checkpoint's reply is never assembled across a change: spliced under a
  * read lease (no write can happen), else copied and then checked. */
-static int reply_view(fuse_req_t req, struct open_file *of, const struct ck_layout *l, size_t size,
-		      off_t off)
+static int reply_view(fuse_req_t req, struct ck_fs *fs, struct open_file *of, const struct ck_layout *l,
+		      size_t size, off_t off)
 {
 	uint64_t start = (uint64_t)off, end;
 	size_t first, n;
@@ -849,8 +859,10 @@ static int reply_view(fuse_req_t req, struct open_file *of, const struct ck_layo
 	n = ck_layout_find(l, end - 1) - first + 1;
 	if (!lease_take(of))
 		return reply_copied(req, of, l, start, end, first, n);
+	atomic_fetch_add(&of->refs, 1);
 	err = reply_spliced(req, of, l, start, end, first, n);
 	lease_drop(of);
+	put_view_file(fs, of);
 	return err;
 }
 
@@ -872,7 +884,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		if (!err)
 			reply_source(req, of->src.fd, size, off);
 	} else {
-		err = reply_view(req, of, b->layout ? b->layout : &unchanged, size, off);
+		err = reply_view(req, fs_of(req), of, b->layout ? b->layout : &unchanged, size, off);
 	}
 	if (err)
 		fuse_reply_err(req, -err);
