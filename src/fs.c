@@ -54,6 +54,7 @@ struct source_file {
 struct open_file {
 	struct source_file src;    /* src.st: the version opened */
 	uint64_t id;
+	uint32_t generation;       /* of the version opened */
 	bool passthrough;          /* no checkpoint: read as the source is now */
 	pthread_mutex_t lease_lock;
 	unsigned leases;           /* reads in flight under the read lease */
@@ -284,7 +285,7 @@ static int root_attr(struct ck_fs *fs, struct stat *attr)
 	return 0;
 }
 
-static int open_version_attr(struct ck_fs *fs, uint64_t id, struct stat *attr);
+static int open_version_attr(struct ck_fs *fs, uint64_t id, struct node_attr *na);
 
 /* A node at another version than its source now is answered from a file
  * open at that version (the source was replaced), or as the source is now
@@ -301,7 +302,7 @@ static int node_attr(struct ck_fs *fs, uint64_t id, struct node_attr *na)
 	}
 	err = ck_nodes_locate_latest(fs->nodes, id, &loc, &passthrough);
 	if (err < 0)
-		return err == -ESTALE ? open_version_attr(fs, id, &na->attr) : err;
+		return err == -ESTALE ? open_version_attr(fs, id, na) : err;
 	err = located_attr(fs, &loc, na);
 	close(loc.fd);
 	if (err || na->attr.st_ino == id)
@@ -310,7 +311,7 @@ static int node_attr(struct ck_fs *fs, uint64_t id, struct node_attr *na)
 		na->attr.st_ino = id;
 		return 0;
 	}
-	return open_version_attr(fs, id, &na->attr);
+	return open_version_attr(fs, id, na);
 }
 
 /* Takes a lookup reference on a node the table knows (or, may_find, one
@@ -535,7 +536,7 @@ static int open_file_attr(struct ck_fs *fs, struct open_file *of, struct stat *a
  * rename or unlinked), or from a pass-through file as it is now; a
  * checkpoint changed in place is stale. (The kernel asks without the file
  * for fstat(2) too.) */
-static int open_version_attr(struct ck_fs *fs, uint64_t id, struct stat *attr)
+static int open_version_attr(struct ck_fs *fs, uint64_t id, struct node_attr *na)
 {
 	struct open_file *of;
 	struct stat now;
@@ -547,7 +548,9 @@ static int open_version_attr(struct ck_fs *fs, uint64_t id, struct stat *attr)
 			continue;
 		if (of->passthrough || !version_changed(&of->src.st, &now)) {
 			view_attr(of->passthrough ? &now : &of->src.st, id,
-				  of->passthrough ? NULL : ck_cache_built(of->src.ent), attr);
+				  of->passthrough ? NULL : ck_cache_built(of->src.ent), &na->attr);
+			na->generation = of->generation;
+			na->passthrough = of->passthrough;
 			err = 0;
 			break;
 		}
@@ -605,6 +608,7 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out,
 	b = ck_cache_built(of->src.ent);
 	pthread_mutex_init(&of->lease_lock, NULL);
 	of->id = id;
+	of->generation = ck_nodes_generation(&of->src.st, loc.ident);
 	of->passthrough = is_passthrough(b);
 	if (b->err.code) /* logged when it was built */
 		err = -EIO;
