@@ -279,6 +279,8 @@ static size_t scan(struct machine *m, bool record, bool *short_input)
 				return 0;
 			}
 			m->ops[m->nops++] = (struct op){.pos = (uint32_t)p, .len = (uint32_t)len};
+		} else if (m->nops <= CK_PICKLE_MAX_OPS) {
+			m->nops++; /* counted only, for ck_pickle_rewrite_memory */
 		}
 		p += len;
 		if (m->in[p - len] == '.')
@@ -296,6 +298,17 @@ size_t ck_pickle_span(const uint8_t *in, size_t n, bool *short_input, struct ck_
 {
 	struct machine m = {.in = in, .n = n, .e = e};
 	return scan(&m, false, short_input);
+}
+
+uint64_t ck_pickle_rewrite_memory(const uint8_t *in, size_t n)
+{
+	struct ck_err ignored;
+	struct machine m = {.in = in, .n = n, .e = &ignored};
+	bool short_input;
+
+	(void)scan(&m, false, &short_input); /* up to where the rewriter fails too */
+	/* the output: under 2n + CK_PICKLE_GROWTH + the renamed keys (< n), in a buffer grown by doubling */
+	return (uint64_t)m.nops * CK_PICKLE_OP_MEMORY + 2 * (3 * (uint64_t)n + CK_PICKLE_GROWTH);
 }
 
 /* ---- the symbolic machine ----------------------------------------------- */
@@ -816,7 +829,7 @@ static int find_state_dicts(struct machine *m, uint32_t root)
 			TODO(d->items[k].val, str_keys);
 	}
 out:
-	free(todo);
+	big_free(todo, (size_t)cap * sizeof(*todo)); /* grown by grow(): maybe a mapping */
 	return rc;
 #undef TODO
 }
