@@ -1,7 +1,9 @@
 /* Built views, keyed by the identity and version of their source file.
  * Building a view parses the file, so it happens once per key however many
  * requests ask at the same time; results (layouts, "serve the source
- * unchanged", errors) stay cached in an LRU bounded by bytes. Thread-safe. */
+ * unchanged", errors) stay cached in an LRU. One bound in bytes covers all
+ * the cache holds: built views, held or idle, and the memory builds in
+ * progress claim (through ck_src_claim) before they allocate. Thread-safe. */
 #ifndef CKPTFS_CACHE_H
 #define CKPTFS_CACHE_H
 
@@ -39,8 +41,12 @@ struct ck_built {
 struct ck_cache;
 struct ck_cache_entry;
 
-/* max_bytes bounds the memory of entries nobody holds (0: keep none). */
-struct ck_cache *ck_cache_new(size_t max_bytes);
+/* max_bytes bounds the memory of built entries plus the claims of builds
+ * in progress. A build that cannot have its claim waits up to claim_wait_s
+ * for others to end or let go (EIO-worthy ENOMEM after, not kept: the next
+ * request tries again); one whose claims alone exceed max_bytes fails with
+ * EFBIG, kept. */
+struct ck_cache *ck_cache_new(size_t max_bytes, unsigned claim_wait_s);
 /* Frees the cache and every entry; no entry may still be held. */
 void ck_cache_free(struct ck_cache *c);
 

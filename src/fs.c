@@ -32,6 +32,11 @@ _Static_assert(CK_NODES_ROOT_ID == FUSE_ROOT_ID, "the node table's root is the m
  * kernel looks the name up again: opens see the newest version at once. */
 #define TIMEOUT 1.0
 
+/* How long a build waits for its memory (cache.h) before its file fails
+ * this time: long enough for a queue of large builds, short enough that a
+ * stat of a hostile file does not hang its caller. */
+#define CK_FS_CLAIM_WAIT_S 10
+
 /* Room for "ddp/" + a source path. */
 #define VIEW_PATH_MAX (PATH_MAX + 32)
 
@@ -100,7 +105,7 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 		ck_err_set(e, EINVAL, "at most %d views", CK_NODES_MAX_VIEWS);
 		return NULL;
 	}
-	if (!(fs = calloc(1, sizeof(*fs))) || !(fs->cache = ck_cache_new(cache_bytes)) ||
+	if (!(fs = calloc(1, sizeof(*fs))) || !(fs->cache = ck_cache_new(cache_bytes, CK_FS_CLAIM_WAIT_S)) ||
 	    !(fs->fdq = ck_fdquota_new(ck_fdquota_raise_limit()))) {
 		if (fs)
 			ck_cache_free(fs->cache);

@@ -15,7 +15,7 @@ struct ck_fs;
 /* Serves the tree beneath root_fd (an O_PATH descriptor of the source
  * directory; owned by the result on success) through each of the views
  * (kept by reference: they must outlive the result). cache_bytes bounds
- * the memory of built views kept for later. */
+ * all the memory of views: built, kept and being built. */
 struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t nviews, size_t cache_bytes,
 		       struct ck_err *e);
 void ck_fs_free(struct ck_fs *fs);

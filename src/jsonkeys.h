@@ -15,6 +15,9 @@
 
 /* Parses text[0, n) as one JSON object followed by nothing but JSON
  * whitespace. NULL with e set (EIO, "WHAT offset N: why") otherwise. */
+/* What a parse may hold per byte of text: jansson takes 77 bytes a byte
+ * for an array of empty objects (the densest text), 10-30 for real ones. */
+#define CK_JSON_MEMORY_PER_BYTE ((uint64_t)96)
 json_t *ck_json_parse_object(const char *text, size_t n, const char *what, struct ck_err *e);
 
 /* The text position of the value of member `name` of `obj`, the object

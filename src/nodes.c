@@ -14,11 +14,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
-
-/* A failed allocation inside uthash leaves the item out of the table
- * (hh.tbl == NULL) instead of exiting the daemon. */
-#define HASH_NONFATAL_OOM 1
-#include <uthash.h>
+#include "hash.h"
 
 /* Bounds the time one forgotten id can cost: a search stops after this many
  * directory entries and answers ESTALE. */

@@ -29,6 +29,18 @@ enum ck_pickle_result {
  * times, which the view must spell out at each place, cannot multiply it. */
 #define CK_PICKLE_GROWTH ((uint64_t)1 << 20)
 
+/* What the rewriter may hold per opcode at most (its tables, a dict's
+ * first items, the plan, memo slots, renamed keys): pickles built to
+ * maximize it (one small dict or state dict per 4-5 opcodes) take up to
+ * 115 bytes an opcode, real checkpoints 25-60. */
+#define CK_PICKLE_OP_MEMORY ((uint64_t)160)
+
+/* An upper bound of the memory ck_pickle_rewrite takes for in[0..n) beyond
+ * the input itself: its opcodes counted (at most CK_PICKLE_MAX_OPS + 1,
+ * where it fails) times CK_PICKLE_OP_MEMORY, plus the output it may write.
+ * Cheap (one pass, no allocation): a build claims it before rewriting. */
+uint64_t ck_pickle_rewrite_memory(const uint8_t *in, size_t n);
+
 /* The length of the pickle at the start of in (through its STOP), or 0 with
  * e set; *short_input tells the bytes ended before STOP. */
 size_t ck_pickle_span(const uint8_t *in, size_t n, bool *short_input, struct ck_err *e);

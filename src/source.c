@@ -25,3 +25,8 @@ int ck_src_read(const struct ck_src *s, void *buf, size_t n, uint64_t off, struc
 	}
 	return 0;
 }
+
+int ck_src_claim(const struct ck_src *s, uint64_t bytes, struct ck_err *e)
+{
+	return s->claim ? s->claim(s->claim_ctx, bytes, e) : 0;
+}
