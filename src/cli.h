@@ -14,6 +14,8 @@ enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 
 /* Memory for built views a mount keeps, in MiB (-o cache_mb=). */
 #define CLI_DEFAULT_CACHE_MB 256
+/* Below it hardly a small checkpoint could be built. */
+#define CLI_MIN_CACHE_MB 16
 
 /* "ckptfs: CMD: message (see 'ckptfs CMD --help')", exit 2. */
 void cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));

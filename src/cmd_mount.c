@@ -47,6 +47,8 @@ static size_t parse_cache_mb(const char *value)
 	mb = strtoull(value, &end, 10);
 	if (!*value || *value == '-' || *end || errno || mb > SIZE_MAX >> 20)
 		cli_usage_error("mount", "cache_mb=%s: not a size in MiB", value);
+	if (mb < CLI_MIN_CACHE_MB)
+		cli_usage_error("mount", "cache_mb=%s: at least %d MiB", value, CLI_MIN_CACHE_MB);
 	return (size_t)mb;
 }
 

@@ -1088,3 +1088,66 @@ def test_error_attribute_only_for_readers(mount_factory, tmp_path):
     assert lines["public.pt"].startswith("['user.ckptfs.error', 'user.ckptfs.format'] "), out
     assert "offset" in lines["public.pt"], out
     _alive_after(m, src)
+
+
+def _hwm(pid):
+    """The daemon's peak resident memory since it started (VmHWM), bytes."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) << 10
+    raise AssertionError("no VmHWM for %d" % pid)
+
+
+# The daemon's own memory beyond cache_mb: code, libraries, thread stacks,
+# the allocator's arenas and the bytes of files read to be claimed (README,
+# Guarantees).
+DAEMON_BASE_MB = 64
+
+
+def test_builds_share_cache_mb(mount_factory, tmp_path):
+    """24 crafted checkpoints (pickles of one small dict per 4 opcodes, the
+    densest tables) stat'ed at once from 24 threads with cache_mb=64: 12 of
+    ~570 MiB of tables each (over the bound alone: EIO, logged naming
+    cache_mb) and 12 of ~20 MiB (built one or two at a time, served). The
+    daemon's peak RSS stays under cache_mb + DAEMON_BASE_MB (it took
+    several GiB when every build took what it wanted), and it still serves
+    an intact checkpoint."""
+    src = str(tmp_path / "src")
+    recs = _records(_torch_bytes({"w": torch.zeros(1)}))
+
+    def crafted(rel, groups):
+        pkl = b"\x80\x02" + b"}NNs" * groups + b"."
+        _put(src, rel, _zip_of([(n, pkl if n.endswith("data.pkl") else d) for n, d in recs]))
+        return rel
+
+    big = [crafted("big/b%02d.pt" % i, 3 << 19) for i in range(12)]
+    small = [crafted("small/s%02d.pt" % i, 56000 + i) for i in range(12)]
+    m = mount_factory(src, ["cache_mb=64"])
+    base = _hwm(m.proc.pid)
+    results = {}
+
+    def open_one(rel):
+        try:
+            os.stat(m.path("plain", rel))
+            with open(m.path("plain", rel), "rb") as f:
+                results[rel] = len(f.read(4096))
+        except OSError as e:
+            results[rel] = e.errno
+
+    threads = [threading.Thread(target=open_one, args=(rel,)) for rel in big + small]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    peak = _hwm(m.proc.pid)
+    print("# daemon peak RSS %d MiB (%d MiB at mount)" % (peak >> 20, base >> 20))
+    assert m.proc.poll() is None, "daemon died:\n" + m.log()[-3000:]
+    assert peak < (64 + DAEMON_BASE_MB) << 20, "peak RSS %d MiB over cache_mb=64 + %d" % (
+        peak >> 20, DAEMON_BASE_MB)
+    assert all(results[rel] == errno.EIO for rel in big), results
+    assert all(results[rel] == 4096 for rel in small), results
+    err = os.getxattr(m.path("plain", big[0]), "user.ckptfs.error").decode()
+    assert "cache_mb" in err, err
+    assert re.search(r"plain/big/b\d\d\.pt: .*cache_mb", m.log()), m.log()[-2000:]
+    _alive_after(m, src)
