@@ -1151,3 +1151,17 @@ def test_builds_share_cache_mb(mount_factory, tmp_path):
     assert "cache_mb" in err, err
     assert re.search(r"plain/big/b\d\d\.pt: .*cache_mb", m.log()), m.log()[-2000:]
     _alive_after(m, src)
+
+
+def test_long_list_beside_state_dict(mount_factory, tmp_path):
+    """A checkpoint holding a list of 200,000 numbers next to its state dict
+    (the walk that finds state dicts queues them all at once, past 1 MiB of
+    queue): served right, and the daemon lives (it freed that queue with the
+    wrong allocator and died)."""
+    src = str(tmp_path / "src")
+    p = _put(src, "long.pt", _torch_bytes({"sd": {"module.w": torch.arange(3.0)}, "l": list(range(200000))}))
+    m = mount_factory(src)
+    want = ckref.load(p)
+    for view in ckref.VIEWS:
+        ckref.assert_same(ckref.load(m.path(view, "long.pt")), ckref.transform(want, view))
+    _alive_after(m, src)
