@@ -45,7 +45,7 @@ static int read_pickle(const struct ck_src *s, uint64_t off, uint8_t **buf, size
 		size_t got = s->size - off < w ? (size_t)(s->size - off) : w;
 
 		if (ck_src_claim(s, got, e)) /* each window anew: realloc may copy */
-			return -1;
+			return ck_err_context(e, "pickle at file offset %llu: ", (unsigned long long)off);
 		if (!(p = realloc(*buf, got ? got : 1)))
 			return ck_err_nomem(e);
 		*buf = p;
@@ -85,8 +85,10 @@ int ck_legacy_layout(const struct ck_src *src, const struct ck_view *v, struct c
 	*out = NULL;
 	if (object_pickle(src, &off, &buf, &len, e))
 		goto out;
-	if (ck_src_claim(src, ck_pickle_rewrite_memory(buf, len), e))
+	if (ck_src_claim(src, ck_pickle_rewrite_memory(buf, len), e)) {
+		ck_err_context(e, "object pickle at file offset %llu: ", (unsigned long long)off);
 		goto out;
+	}
 	switch (ck_pickle_rewrite(buf, len, v, &pkl, e)) {
 	case CK_PICKLE_ERROR:
 		ck_err_context(e, "object pickle at file offset %llu: ", (unsigned long long)off);

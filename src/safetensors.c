@@ -168,7 +168,7 @@ static int load_header(const struct ck_src *src, char **text, uint64_t *n, json_
 		return ck_err_set(e, EIO, "safetensors offset 0: header length %llu does not fit the file",
 				  (unsigned long long)*n);
 	if (ck_src_claim(src, (*n + 1) * (1 + CK_JSON_MEMORY_PER_BYTE), e))
-		return -1;
+		return ck_err_context(e, "safetensors offset 8: header of %llu bytes: ", (unsigned long long)*n);
 	if (!(*text = malloc(*n + 1)))
 		return ck_err_nomem(e);
 	if (ck_src_read(src, *text, *n, 8, e))

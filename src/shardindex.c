@@ -66,7 +66,7 @@ int ck_shardindex_layout(const struct ck_src *src, const struct ck_view *v, stru
 	if (src->size > CK_SHARDINDEX_MAX)
 		return 0;
 	if (ck_src_claim(src, n + 1, e))
-		return -1;
+		return ck_err_context(e, "index offset 0: %zu bytes: ", n);
 	if (!(text = malloc(n + 1)))
 		return ck_err_nomem(e);
 	if (ck_src_read(src, text, n, 0, e))
@@ -76,8 +76,10 @@ int ck_shardindex_layout(const struct ck_src *src, const struct ck_view *v, stru
 	/* most JSON files (configs, tokenizers) are no index: skip the parse */
 	if (!memmem(text, n, "\"" WEIGHT_MAP "\"", sizeof(WEIGHT_MAP) + 1))
 		goto out;
-	if ((rc = ck_src_claim(src, (n + 1) * CK_JSON_MEMORY_PER_BYTE, e)))
+	if ((rc = ck_src_claim(src, (n + 1) * CK_JSON_MEMORY_PER_BYTE, e))) {
+		ck_err_context(e, "index offset 0: %zu bytes: ", n);
 		goto out;
+	}
 	root = ck_json_parse_object(text, n, "index", &not_json);
 	if (!root || !is_weight_map(json_object_get(root, WEIGHT_MAP)))
 		goto out;

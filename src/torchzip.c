@@ -414,7 +414,8 @@ static int read_pickle(struct archive *a, const struct entry *x, uint8_t **pkl, 
 		return bad(a, x->lho, "data.pkl compressed with a method other than deflate");
 	*data_end = data + x->csize;
 	if (ck_src_claim(a->src, x->usize + (method == 8 ? x->csize : 0), a->e))
-		return -1;
+		return ck_err_context(a->e, "zip offset %llu: data.pkl of %llu bytes: ", (unsigned long long)x->lho,
+				      (unsigned long long)x->usize);
 	if (!(*pkl = malloc(x->usize ? x->usize : 1)) || (method == 8 && !(raw = malloc(x->csize ? x->csize : 1))))
 		goto nomem;
 	if (ck_src_read(a->src, method == 8 ? raw : *pkl, x->csize, data, a->e))
@@ -644,8 +645,10 @@ int ck_torchzip_layout(const struct ck_src *src, const struct ck_view *v, struct
 	}
 	if (record_end(&a, pkl_ent, data_end, &old_end))
 		goto out;
-	if (ck_src_claim(src, ck_pickle_rewrite_memory(orig, pkl_ent->usize), e))
+	if (ck_src_claim(src, ck_pickle_rewrite_memory(orig, pkl_ent->usize), e)) {
+		pickle_context(&a, pkl_ent, data_end);
 		goto out;
+	}
 	switch (ck_pickle_rewrite(orig, pkl_ent->usize, v, &pkl, e)) {
 	case CK_PICKLE_ERROR:
 		pickle_context(&a, pkl_ent, data_end);
