@@ -307,7 +307,8 @@ uint64_t ck_pickle_rewrite_memory(const uint8_t *in, size_t n)
 	bool short_input;
 
 	(void)scan(&m, false, &short_input); /* up to where the rewriter fails too */
-	/* the output: under 2n + CK_PICKLE_GROWTH + the renamed keys (< n), in a buffer grown by doubling */
+	/* the output: under 2n + CK_PICKLE_GROWTH + the renamed keys (the
+	 * source's, + 7 bytes an opcode at most), in a buffer grown by doubling */
 	return (uint64_t)m.nops * CK_PICKLE_OP_MEMORY + 2 * (3 * (uint64_t)n + CK_PICKLE_GROWTH);
 }
 
