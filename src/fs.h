@@ -7,6 +7,7 @@
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
 #include <stddef.h>
+#include <stdint.h>
 #include "err.h"
 #include "view.h"
 
@@ -19,6 +20,12 @@ struct ck_fs;
 struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t nviews, size_t cache_bytes,
 		       struct ck_err *e);
 void ck_fs_free(struct ck_fs *fs);
+
+/* Before serving: this daemon takes over a FUSE connection another one
+ * served (ckptfs restart). Node ids the kernel got from it are found again
+ * in the source tree, handles it gave out are opened again by node id;
+ * epoch must exceed the predecessor's (0 for a fresh mount). */
+int ck_fs_take_over(struct ck_fs *fs, uint32_t epoch);
 
 /* Reads come in requests of at most CK_READ_PAGES pages: libfuse 3.14
  * splices a reply only if its per-thread pipe holds it with the header and

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 #include "fs.h"
 #include "log.h"
+#include "restart.h"
 
 #define DEFAULT_CACHE_MB 256
 #define STRINGIFY(x) #x
@@ -34,6 +36,7 @@ enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 static const char help_text[] =
 	"Usage: " PACKAGE " mount [-f] [-d] [-o OPT[,OPT...]] SOURCE MOUNTPOINT\n"
 	"       " PACKAGE " umount MOUNTPOINT\n"
+	"       " PACKAGE " restart MOUNTPOINT\n"
 	"       " PACKAGE " --help | --version\n"
 	"\n"
 	"Shows every file under SOURCE twice (and once more per -o view=), read-only,\n"
@@ -48,6 +51,11 @@ static const char help_text[] =
 	"  mount     mount SOURCE at MOUNTPOINT (an existing directory that is not a\n"
 	"            mount point); returns once the mount is up, the daemon stays\n"
 	"  umount    unmount MOUNTPOINT (fusermount3 -u; umount2() when root)\n"
+	"  restart   restart the daemon serving MOUNTPOINT without unmounting: it\n"
+	"            execs the ckptfs binary again (an upgraded one too), which\n"
+	"            takes over the FUSE connection; open files, and an NFS server\n"
+	"            exporting the mount, go on after a pause. SIGHUP to the\n"
+	"            daemon does the same\n"
 	"\n"
 	"Mount options:\n"
 	"  -f              stay in the foreground and log to stderr (else: syslog)\n"
@@ -106,6 +114,10 @@ struct mount_args {
 	size_t nviews;
 	char fuse_options[4096];  /* the user's -o options for libfuse, comma-separated */
 	const char *source, *mountpoint;
+	char *const *options;  /* as given, for a restart */
+	size_t noptions;
+	int takeover_fd;       /* --takeover=FD:EPOCH (restart.h); -1 for a new mount */
+	uint32_t epoch;
 };
 
 static size_t parse_cache_mb(const char *value)
@@ -154,10 +166,12 @@ static void parse_options(struct mount_args *a, char *list)
 
 static void parse_mount_args(struct mount_args *a, int argc, char **argv)
 {
-	static const struct option longopts[] = {{"help", no_argument, NULL, 'h'}, {0}};
+	static const struct option longopts[] = {
+		{"help", no_argument, NULL, 'h'}, {"takeover", required_argument, NULL, 'T'}, {0}};
 	int c;
 
-	*a = (struct mount_args){.cache_mb = DEFAULT_CACHE_MB, .views = {&ck_view_plain, &ck_view_ddp}, .nviews = 2};
+	*a = (struct mount_args){.cache_mb = DEFAULT_CACHE_MB, .views = {&ck_view_plain, &ck_view_ddp}, .nviews = 2,
+				 .takeover_fd = -1};
 	opterr = 0; /* usage_error says it in one line */
 	while ((c = getopt_long(argc, argv, "fdo:h", longopts, NULL)) != -1) {
 		switch (c) {
@@ -173,6 +187,10 @@ static void parse_mount_args(struct mount_args *a, int argc, char **argv)
 		case 'h':
 			fputs(help_text, stdout);
 			exit(0);
+		case 'T':
+			if (!ck_restart_parse(optarg, &a->takeover_fd, &a->epoch))
+				usage_error("mount: --takeover=%s: expected FD:EPOCH", optarg);
+			break;
 		default:
 			if (optopt == 'o')
 				usage_error("mount: -o needs an argument");
@@ -185,6 +203,8 @@ static void parse_mount_args(struct mount_args *a, int argc, char **argv)
 		usage_error("mount: expected SOURCE and MOUNTPOINT");
 	a->source = argv[optind];
 	a->mountpoint = argv[optind + 1];
+	a->options = argv + 1; /* getopt moved the operands last */
+	a->noptions = (size_t)optind - 1;
 }
 
 /* An O_PATH descriptor of the source root: every later access goes through
@@ -350,32 +370,53 @@ static int cmd_mount(int argc, char **argv)
 	struct fuse_session *se;
 	struct ck_fs *fs;
 	struct ck_err e;
+	char fuse_fd[32];
+	bool takeover;
 	int root_fd, rc;
 
+	ck_restart_remember_exe();
 	parse_mount_args(&a, argc, argv);
+	takeover = a.takeover_fd >= 0;
 	root_fd = open_source_root(a.source);
 	if (!realpath(a.source, source_real))
 		fail(a.source, strerror(errno));
-	check_mountpoint(a.mountpoint, source_real, mountpoint_real);
+	if (!takeover)
+		check_mountpoint(a.mountpoint, source_real, mountpoint_real);
+	else if (!realpath(a.mountpoint, mountpoint_real))
+		fail(a.mountpoint, strerror(errno));
 	fs = ck_fs_new(root_fd, a.views, a.nviews, a.cache_mb << 20, &e);
-	if (!fs)
-		fail(a.source, e.msg);
+	if (!fs || (takeover && ck_fs_take_over(fs, a.epoch)))
+		fail(a.source, fs ? strerror(ENOMEM) : e.msg);
 	fuse_set_log_func(log_fuse);
 	se = new_session(&a, source_real, fs);
 	if (!se)
 		exit(EXIT_USAGE); /* bad -o option; libfuse said which */
-	if (fuse_set_signal_handlers(se) || fuse_session_mount(se, mountpoint_real))
+	snprintf(fuse_fd, sizeof(fuse_fd), "/dev/fd/%d", a.takeover_fd);
+	if (fuse_set_signal_handlers(se) || fuse_session_mount(se, takeover ? fuse_fd : mountpoint_real))
 		exit(EXIT_RUNTIME);
-	raise_read_ahead(mountpoint_real);
-	if (fuse_daemonize(a.foreground)) {
-		fuse_session_unmount(se);
-		exit(EXIT_RUNTIME);
+	if (takeover) {
+		/* this process detached before it was restarted */
+		if (!a.foreground)
+			ck_log_to_syslog();
+		ck_restart_init(se);
+		ck_log(LOG_NOTICE, "restarted: serving %s again", mountpoint_real);
+	} else {
+		raise_read_ahead(mountpoint_real);
+		if (fuse_daemonize(a.foreground)) {
+			fuse_session_unmount(se);
+			exit(EXIT_RUNTIME);
+		}
+		if (!a.foreground)
+			ck_log_to_syslog();
 	}
-	if (!a.foreground)
-		ck_log_to_syslog();
-	rc = serve(se);
+	/* SIGHUP: hand the connection to the binary run again (restart.h) */
+	while ((rc = serve(se)) == SIGHUP)
+		ck_restart_exec(se, a.epoch, a.options, a.noptions, source_real, mountpoint_real);
 	fuse_remove_signal_handlers(se);
-	fuse_session_unmount(se);
+	if (takeover)
+		ck_restart_unmount(mountpoint_real);
+	else
+		fuse_session_unmount(se);
 	fuse_session_destroy(se);
 	ck_fs_free(fs);
 	for (size_t i = 0; i < MAX_VIEWS; i++)
@@ -429,6 +470,11 @@ int main(int argc, char **argv)
 		return cmd_mount(argc - 1, argv + 1);
 	if (strcmp(cmd, "umount") == 0)
 		return cmd_umount(argc - 1, argv + 1);
+	if (strcmp(cmd, "restart") == 0) {
+		if (argc != 3 || argv[2][0] == '-')
+			usage_error("restart: expected MOUNTPOINT");
+		return ck_restart_command(argv[2]);
+	}
 	if (argc == 2 && (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0)) {
 		fputs(help_text, stdout);
 		return 0;

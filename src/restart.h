@@ -1,0 +1,41 @@
+/* Restarting a daemon without unmounting: the FUSE connection (the
+ * /dev/fuse descriptor) outlives the daemon's code. On SIGHUP the daemon
+ * finishes the requests it has, then execs the ckptfs binary again (an
+ * upgraded one if it was replaced) with the descriptor kept open and
+ * "--takeover=FD:EPOCH"; the new code asks nothing of the kernel, which
+ * never learns that anything changed: an NFS server exporting the mount,
+ * and every process with a file open on it, go on after a pause.
+ * `ckptfs restart MOUNTPOINT` finds the daemon, signals it and waits until
+ * its successor serves. */
+#ifndef CKPTFS_RESTART_H
+#define CKPTFS_RESTART_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "fs.h"
+
+/* The path of the running binary, taken at start (before an upgrade can
+ * replace the file). */
+void ck_restart_remember_exe(void);
+
+/* "FD:EPOCH" of --takeover; false if malformed. */
+bool ck_restart_parse(const char *spec, int *fd, uint32_t *epoch);
+
+/* The successor's first step: the kernel answered the predecessor's INIT
+ * long ago, so libfuse is given one as the kernel would have sent it. */
+int ck_restart_init(struct fuse_session *se);
+
+/* Execs the binary again to serve se's connection: options are the nopts
+ * mount options the daemon was started with, source and mountpoint
+ * absolute. Returns only if that failed (logged); the caller serves on. */
+void ck_restart_exec(struct fuse_session *se, uint32_t epoch, char *const *options, size_t nopts,
+		     const char *source, const char *mountpoint);
+
+/* Unmounts (lazily) a mount served through an inherited descriptor: libfuse
+ * does not know its mount point. */
+void ck_restart_unmount(const char *mountpoint);
+
+/* `ckptfs restart MOUNTPOINT`: exit status. */
+int ck_restart_command(const char *mountpoint);
+
+#endif
