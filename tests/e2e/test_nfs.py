@@ -476,11 +476,20 @@ def test_ganesha_restart_keeps_v3_handles(server, mount_factory, nfsclient):
     held = _hold(server, nfsclient, "/ckpt", 3, files)
     assert held.read() == [("ok", w) for w in want]
     server.restart_ganesha()
-    subprocess.run(["sync"])
-    with open("/proc/sys/vm/drop_caches", "w") as f:   # ganesha reopens by handle
-        f.write("2\n")
+    _drop_caches(m.mnt, files)              # ganesha reopens by handle
     assert held.read() == [("ok", w) for w in want]
     assert server.cat("/ckpt/plain/model.pt", 4) == want[0]
+
+
+def _drop_caches(mnt, files):
+    """Evicts the files' pages from the FUSE mount and unused inodes and
+    dentries, so that ganesha's reads reach the daemon."""
+    for f in files:
+        with open(os.path.join(mnt, f), "rb") as fd:
+            os.posix_fadvise(fd.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    subprocess.run(["sync"])
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")
 
 
 def _one_version(result, old):
@@ -592,6 +601,7 @@ def test_daemon_restart_keeps_held_handles(server, mount_factory, nfsclient):
         os.posix_fadvise(local.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         assert head + local.read() == want[0], "a file open across the restart"
     assert "restarted" in m.log()
+    _drop_caches(m.mnt, files)              # the reads below reach the new daemon
     for v in (3, 4):
         assert held[v].read() == [("ok", w) for w in want], "NFSv%d held handles" % v
     assert server.cat("/ckpt/ddp/runs/r1/legacy.pth", 3) == want[1]
