@@ -13,6 +13,7 @@ PACKAGES=(
 	libfuse3-dev fuse3 libzip-dev zlib1g-dev uthash-dev libjansson-dev
 	python3-torch python3-pytest python3-numpy unzip
 	clang libclang-rt-14-dev
+	nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils libnfs-dev iproute2
 )
 # Debian's torch lives in the system interpreter, not in any python3 earlier on PATH.
 PYTHON=/usr/bin/python3
