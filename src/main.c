@@ -382,7 +382,9 @@ static int cmd_mount(int argc, char **argv)
 		fail(a.source, strerror(errno));
 	if (!takeover)
 		check_mountpoint(a.mountpoint, source_real, mountpoint_real);
-	else if (!realpath(a.mountpoint, mountpoint_real))
+	else if (realpath(a.mountpoint, mountpoint_real))
+		ck_restart_unmount_at_exit(mountpoint_real);
+	else
 		fail(a.mountpoint, strerror(errno));
 	fs = ck_fs_new(root_fd, a.views, a.nviews, a.cache_mb << 20, &e);
 	if (!fs || (takeover && ck_fs_take_over(fs, a.epoch)))
@@ -413,10 +415,7 @@ static int cmd_mount(int argc, char **argv)
 	while ((rc = serve(se)) == SIGHUP)
 		ck_restart_exec(se, a.epoch, a.options, a.noptions, source_real, mountpoint_real);
 	fuse_remove_signal_handlers(se);
-	if (takeover)
-		ck_restart_unmount(mountpoint_real);
-	else
-		fuse_session_unmount(se);
+	fuse_session_unmount(se); /* nothing after a takeover: done at exit */
 	fuse_session_destroy(se);
 	ck_fs_free(fs);
 	for (size_t i = 0; i < MAX_VIEWS; i++)

@@ -80,6 +80,23 @@ int ck_restart_init(struct fuse_session *se)
 	return 0;
 }
 
+/* Whether the binary runs at all (an upgrade may have left it broken):
+ * after the exec there is no way back, the connection dies with it. */
+static bool runs(const char *path)
+{
+	char *argv[] = {(char *)path, "--version", NULL};
+	posix_spawn_file_actions_t fa;
+	pid_t pid;
+	int status, err;
+
+	if (posix_spawn_file_actions_init(&fa))
+		return false;
+	posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+	err = posix_spawn(&pid, path, &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	return !err && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
 static bool is_takeover(const char *opt)
 {
 	size_t n = strlen(TAKEOVER_OPT);
@@ -95,9 +112,10 @@ void ck_restart_exec(struct fuse_session *se, uint32_t epoch, char *const *optio
 	char **argv;
 
 	argv = calloc(nopts + 6, sizeof(*argv));
-	if (!argv || !*exe || epoch == UINT32_MAX - 1) {
+	if (!argv || !*exe || epoch == UINT32_MAX - 1 || !runs(exe)) {
 		ck_log(LOG_ERR, "restart: cannot restart (%s); serving on", !argv ? strerror(ENOMEM) :
-		       !*exe ? "the binary's path is unknown" : "too many restarts");
+		       !*exe ? "the binary's path is unknown" : epoch == UINT32_MAX - 1 ?
+		       "too many restarts" : "the binary does not run");
 		free(argv);
 		return;
 	}
@@ -130,12 +148,20 @@ static void run_quietly(char *const argv[])
 		waitpid(pid, &status, 0);
 }
 
-void ck_restart_unmount(const char *mountpoint)
-{
-	char *argv[] = {"fusermount3", "-u", "-z", "--", (char *)mountpoint, NULL};
+static char unmount_at_exit[PATH_MAX];
 
-	if (geteuid() != 0 || umount2(mountpoint, MNT_DETACH) != 0)
+static void unmount_now(void)
+{
+	char *argv[] = {"fusermount3", "-u", "-z", "--", unmount_at_exit, NULL};
+
+	if (geteuid() != 0 || umount2(unmount_at_exit, MNT_DETACH) != 0)
 		run_quietly(argv);
+}
+
+void ck_restart_unmount_at_exit(const char *mountpoint)
+{
+	snprintf(unmount_at_exit, sizeof(unmount_at_exit), "%s", mountpoint);
+	atexit(unmount_now);
 }
 
 /* ---- ckptfs restart MOUNTPOINT */

@@ -31,9 +31,10 @@ int ck_restart_init(struct fuse_session *se);
 void ck_restart_exec(struct fuse_session *se, uint32_t epoch, char *const *options, size_t nopts,
 		     const char *source, const char *mountpoint);
 
-/* Unmounts (lazily) a mount served through an inherited descriptor: libfuse
- * does not know its mount point. */
-void ck_restart_unmount(const char *mountpoint);
+/* A successor serves a mount libfuse does not know the mount point of:
+ * it unmounts it (lazily) when it exits, also when it fails to start, so
+ * that no dead mount is left behind ("Transport endpoint is not connected"). */
+void ck_restart_unmount_at_exit(const char *mountpoint);
 
 /* `ckptfs restart MOUNTPOINT`: exit status. */
 int ck_restart_command(const char *mountpoint);

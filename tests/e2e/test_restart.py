@@ -97,35 +97,70 @@ def test_sighup_restarts_in_place(mount_factory, tmp_path):
     assert sorted(os.listdir(m.path("plain", "many"))) == NAMES
 
 
-def test_restart_runs_the_replaced_binary(dirs, tmp_path):
-    """An upgrade: the binary's file is replaced, restart runs the new one."""
-    src, mnt = dirs
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    exe = str(bindir / "ckptfs")
-    shutil.copy2(CKPTFS, exe)
-    log = open(str(tmp_path / "daemon.log"), "wb")
-    p = subprocess.Popen([exe, "mount", "-f", src, mnt], stdout=log, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
+class CopiedDaemon:
+    """A foreground daemon run from a copy of the binary, so that the test
+    can replace the copy as an upgrade would."""
+
+    def __init__(self, tmp_path, src, mnt):
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        self.exe, self.mnt = str(bindir / "ckptfs"), mnt
+        self.log_path = str(tmp_path / "daemon.log")
+        shutil.copy2(CKPTFS, self.exe)
+        with open(self.log_path, "wb") as log:
+            self.p = subprocess.Popen([self.exe, "mount", "-f", src, mnt], stdout=log,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      start_new_session=True)
         deadline = time.monotonic() + 20
         while not (mounted_at(mnt) and os.path.isdir(os.path.join(mnt, "plain"))):
-            assert p.poll() is None and time.monotonic() < deadline, "mount failed"
+            assert self.p.poll() is None and time.monotonic() < deadline, self.log()
             time.sleep(0.02)
-        shutil.copy2(CKPTFS, exe + ".new")
-        os.rename(exe + ".new", exe)          # what a package upgrade does
-        assert os.readlink("/proc/%d/exe" % p.pid).endswith("(deleted)")
-        _restart(mnt)
-        assert os.stat("/proc/%d/exe" % p.pid).st_ino == os.stat(exe).st_ino
-        assert read_bytes(os.path.join(mnt, "plain", "hello.txt")) == b"hi\n"
-    finally:
-        force_unmount(mnt)
+
+    def replace(self, data):
+        with open(self.exe + ".new", "wb") as f:
+            f.write(data)
+        os.chmod(self.exe + ".new", 0o755)
+        os.rename(self.exe + ".new", self.exe)   # what a package upgrade does
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        force_unmount(self.mnt)
         try:
-            p.wait(timeout=15)
+            self.p.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        log.close()
+            self.p.kill()
+            self.p.wait()
+
+
+@pytest.fixture
+def copied_daemon(dirs, tmp_path):
+    d = CopiedDaemon(tmp_path, *dirs)
+    yield d
+    d.stop()
+
+
+def test_restart_runs_the_replaced_binary(copied_daemon):
+    d = copied_daemon
+    d.replace(read_bytes(CKPTFS))
+    assert os.readlink("/proc/%d/exe" % d.p.pid).endswith("(deleted)")
+    _restart(d.mnt)
+    assert os.stat("/proc/%d/exe" % d.p.pid).st_ino == os.stat(d.exe).st_ino
+    assert read_bytes(os.path.join(d.mnt, "plain", "hello.txt")) == b"hi\n"
+
+
+def test_restart_keeps_serving_when_the_new_binary_does_not_run(copied_daemon):
+    d = copied_daemon
+    d.replace(b"#!/bin/sh\nexit 1\n")
+    d.p.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while "cannot restart (the binary does not run); serving on" not in d.log():
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.05)
+    assert d.p.poll() is None
+    assert read_bytes(os.path.join(d.mnt, "ddp", "hello.txt")) == b"hi\n"
 
 
 def test_restart_of_a_background_daemon(dirs):
