@@ -413,7 +413,7 @@ static int cmd_mount(int argc, char **argv)
 	}
 	/* SIGHUP: hand the connection to the binary run again (restart.h) */
 	while ((rc = serve(se)) == SIGHUP)
-		ck_restart_exec(se, a.epoch, a.options, a.noptions, source_real, mountpoint_real);
+		ck_restart_exec(se, a.epoch, a.options, a.noptions, root_fd, source_real, mountpoint_real);
 	fuse_remove_signal_handlers(se);
 	fuse_session_unmount(se); /* nothing after a takeover: done at exit */
 	fuse_session_destroy(se);

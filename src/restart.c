@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -104,11 +105,27 @@ static bool is_takeover(const char *opt)
 	return strncmp(opt, TAKEOVER_OPT, n) == 0 && (opt[n] == '\0' || opt[n] == '=');
 }
 
+/* The source as the successor is to open it: its path or, if that names
+ * another directory now (renamed since the mount), the descriptor itself,
+ * kept open across the exec. */
+static const char *source_arg(int fd, const char *path, char *buf, size_t size)
+{
+	struct stat now, served;
+
+	if (stat(path, &now) == 0 && fstat(fd, &served) == 0 && now.st_dev == served.st_dev &&
+	    now.st_ino == served.st_ino)
+		return path;
+	if (fcntl(fd, F_SETFD, 0))
+		return path;
+	snprintf(buf, size, "/proc/self/fd/%d", fd);
+	return buf;
+}
+
 void ck_restart_exec(struct fuse_session *se, uint32_t epoch, char *const *options, size_t nopts,
-		     const char *source, const char *mountpoint)
+		     int source_fd, const char *source, const char *mountpoint)
 {
 	int fd = fuse_session_fd(se), n = 0;
-	char takeover[64];
+	char takeover[64], source_fd_path[64];
 	char **argv;
 
 	argv = calloc(nopts + 6, sizeof(*argv));
@@ -129,13 +146,14 @@ void ck_restart_exec(struct fuse_session *se, uint32_t epoch, char *const *optio
 		else if (!is_takeover(options[i]))
 			argv[n++] = options[i];
 	}
-	argv[n++] = (char *)source;
+	argv[n++] = (char *)source_arg(source_fd, source, source_fd_path, sizeof(source_fd_path));
 	argv[n++] = (char *)mountpoint;
 	ck_log(LOG_NOTICE, "restarting: %s takes over %s", exe, mountpoint);
 	if (fcntl(fd, F_SETFD, 0) == 0)
 		execve(exe, argv, environ);
 	ck_log(LOG_ERR, "restart: %s: %s; serving on", exe, strerror(errno));
 	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	fcntl(source_fd, F_SETFD, FD_CLOEXEC);
 	free(argv);
 }
 

@@ -26,10 +26,11 @@ bool ck_restart_parse(const char *spec, int *fd, uint32_t *epoch);
 int ck_restart_init(struct fuse_session *se);
 
 /* Execs the binary again to serve se's connection: options are the nopts
- * mount options the daemon was started with, source and mountpoint
- * absolute. Returns only if that failed (logged); the caller serves on. */
+ * mount options the daemon was started with, source_fd the source root it
+ * serves, found at path source when mounted; paths absolute. Returns only
+ * if that failed (logged); the caller serves on. */
 void ck_restart_exec(struct fuse_session *se, uint32_t epoch, char *const *options, size_t nopts,
-		     const char *source, const char *mountpoint);
+		     int source_fd, const char *source, const char *mountpoint);
 
 /* A successor serves a mount libfuse does not know the mount point of:
  * it unmounts it (lazily) when it exits, also when it fails to start, so

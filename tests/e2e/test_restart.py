@@ -86,6 +86,22 @@ def test_file_replaced_during_restart_is_not_served_to_old_reader(mount_factory,
     assert torch.load(m.path("plain", "a.pt"))["w"].sum().item() == 0
 
 
+def test_restart_after_the_source_was_renamed(mount_factory, tmp_path):
+    """The daemon serves the directory it mounted, wherever it went: so
+    does its successor."""
+    src = _source(tmp_path)
+    m = mount_factory(src)
+    want = read_bytes(m.path("plain", "a.pt"))
+    os.rename(src, src + ".moved")
+    try:
+        _restart(m.mnt)
+        assert read_bytes(m.path("plain", "a.pt")) == want
+        _restart(m.mnt)                  # and once more, from the successor
+        assert sorted(os.listdir(m.path("ddp", "many"))) == NAMES
+    finally:
+        os.rename(src + ".moved", src)
+
+
 def test_sighup_restarts_in_place(mount_factory, tmp_path):
     m = mount_factory(_source(tmp_path))
     m.proc.send_signal(signal.SIGHUP)
