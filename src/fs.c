@@ -40,8 +40,9 @@ struct ck_fs {
 	 * so the daemon closes what is left when it ends. */
 	pthread_mutex_t open_lock;
 	struct open_file *open_files;
-	/* fi->fh of open files and directories (handles.h) */
-	struct ck_handles *handles;
+	/* fi->fh of open files and of open directories (handles.h); unmounting
+	 * sends no releasedir for directories still open either */
+	struct ck_handles *handles, *dirs;
 	/* This daemon took the connection over (ckptfs restart): the kernel
 	 * holds node ids and handles the predecessor gave it. */
 	bool took_over;
@@ -82,7 +83,7 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 		return NULL;
 	}
 	if (!(fs = calloc(1, sizeof(*fs))) || !(fs->cache = ck_cache_new(cache_bytes)) ||
-	    !(fs->handles = ck_handles_new(0))) {
+	    ck_fs_take_over(fs, 0)) {
 		if (fs)
 			ck_cache_free(fs->cache);
 		free(fs);
@@ -95,7 +96,8 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 	fs->nodes = ck_nodes_new(root_fd, (unsigned)nviews);
 	if (!fs->nodes) {
 		ck_err_set(e, errno, "%s", strerror(errno));
-		ck_handles_free(fs->handles);
+		ck_handles_free(fs->handles, NULL);
+		ck_handles_free(fs->dirs, NULL);
 		ck_cache_free(fs->cache);
 		free(fs);
 		return NULL;
@@ -104,6 +106,7 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 }
 
 static void close_view_file(struct ck_fs *fs, struct open_file *of);
+static void drop_dir(void *d);
 
 void ck_fs_free(struct ck_fs *fs)
 {
@@ -115,21 +118,28 @@ void ck_fs_free(struct ck_fs *fs)
 		close_view_file(fs, of);
 	}
 	pthread_mutex_destroy(&fs->open_lock);
-	ck_handles_free(fs->handles);
+	ck_handles_free(fs->handles, NULL); /* the files went with open_files */
+	ck_handles_free(fs->dirs, drop_dir);
 	ck_nodes_free(fs->nodes);
 	ck_cache_free(fs->cache);
 	free(fs);
 }
 
+/* Also what a new mount does, with epoch 0 (no predecessor). */
 int ck_fs_take_over(struct ck_fs *fs, uint32_t epoch)
 {
-	struct ck_handles *h = ck_handles_new(epoch);
+	struct ck_handles *files = ck_handles_new(epoch), *dirs = ck_handles_new(epoch);
 
-	if (!h)
+	if (!files || !dirs) {
+		ck_handles_free(files, NULL);
+		ck_handles_free(dirs, NULL);
 		return -ENOMEM;
-	ck_handles_free(fs->handles);
-	fs->handles = h;
-	fs->took_over = true;
+	}
+	ck_handles_free(fs->handles, NULL);
+	ck_handles_free(fs->dirs, NULL);
+	fs->handles = files;
+	fs->dirs = dirs;
+	fs->took_over = epoch > 0;
 	return 0;
 }
 
@@ -657,6 +667,11 @@ static void close_dir(struct dir_handle *d)
 	free(d);
 }
 
+static void drop_dir(void *d)
+{
+	close_dir(d);
+}
+
 /* The mount root's listing is made up; fh 0 stands for it. */
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -664,7 +679,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct dir_handle *d = NULL;
 	int err = ino == FUSE_ROOT_ID ? 0 : open_dir(fs, ino, &d);
 
-	if (!err && d && !(fi->fh = ck_handles_add(fs->handles, d))) {
+	if (!err && d && !(fi->fh = ck_handles_add(fs->dirs, d))) {
 		close_dir(d);
 		err = -ENOMEM;
 	}
@@ -673,12 +688,12 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		return;
 	}
 	if (fuse_reply_open(req, fi) && d) /* interrupted: no releasedir will come */
-		close_dir(ck_handles_take(fs->handles, fi->fh));
+		close_dir(ck_handles_take(fs->dirs, fi->fh));
 }
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct dir_handle *d = fi->fh ? ck_handles_take(fs_of(req)->handles, fi->fh) : NULL;
+	struct dir_handle *d = fi->fh ? ck_handles_take(fs_of(req)->dirs, fi->fh) : NULL;
 
 	if (d)
 		close_dir(d);
@@ -689,7 +704,7 @@ static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
  * (the offsets the kernel holds are the source directory's own cookies). */
 static int dir_of(struct ck_fs *fs, uint64_t ino, uint64_t fh, struct dir_handle **out)
 {
-	struct dir_handle *d = ck_handles_get(fs->handles, fh), *won;
+	struct dir_handle *d = ck_handles_get(fs->dirs, fh), *won;
 	int err;
 
 	if (d || !fs->took_over) {
@@ -699,7 +714,7 @@ static int dir_of(struct ck_fs *fs, uint64_t ino, uint64_t fh, struct dir_handle
 	err = open_dir(fs, ino, &d);
 	if (err)
 		return err;
-	won = ck_handles_adopt(fs->handles, fh, d);
+	won = ck_handles_adopt(fs->dirs, fh, d);
 	if (won != d)
 		close_dir(d);
 	*out = won;

@@ -24,7 +24,7 @@ void ck_fs_free(struct ck_fs *fs);
 /* Before serving: this daemon takes over a FUSE connection another one
  * served (ckptfs restart). Node ids the kernel got from it are found again
  * in the source tree, handles it gave out are opened again by node id;
- * epoch must exceed the predecessor's (0 for a fresh mount). */
+ * epoch must exceed the predecessor's (whose first is 0). */
 int ck_fs_take_over(struct ck_fs *fs, uint32_t epoch);
 
 /* Reads come in requests of at most CK_READ_PAGES pages: libfuse 3.14

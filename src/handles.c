@@ -32,7 +32,7 @@ struct ck_handles *ck_handles_new(uint32_t epoch)
 	return h;
 }
 
-void ck_handles_free(struct ck_handles *h)
+void ck_handles_free(struct ck_handles *h, void (*drop)(void *obj))
 {
 	struct entry *e, *tmp;
 
@@ -40,6 +40,8 @@ void ck_handles_free(struct ck_handles *h)
 		return;
 	HASH_ITER(hh, h->table, e, tmp) {
 		HASH_DEL(h->table, e);
+		if (drop)
+			drop(e->obj);
 		free(e);
 	}
 	pthread_mutex_destroy(&h->lock);

@@ -14,8 +14,8 @@
 struct ck_handles;
 
 struct ck_handles *ck_handles_new(uint32_t epoch);
-/* Frees the table, not the objects (the caller owns those). */
-void ck_handles_free(struct ck_handles *h);
+/* Frees the table, and each object still in it with drop (if not NULL). */
+void ck_handles_free(struct ck_handles *h, void (*drop)(void *obj));
 
 /* A new handle for obj; 0 when out of memory (0 is never a handle). */
 uint64_t ck_handles_add(struct ck_handles *h, void *obj);

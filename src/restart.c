@@ -81,11 +81,9 @@ int ck_restart_init(struct fuse_session *se)
 	return 0;
 }
 
-/* Whether the binary runs at all (an upgrade may have left it broken):
- * after the exec there is no way back, the connection dies with it. */
-static bool runs(const char *path)
+/* Runs argv with stdout and stderr to /dev/null; whether it exited 0. */
+static bool run_quietly(char *const argv[])
 {
-	char *argv[] = {(char *)path, "--version", NULL};
 	posix_spawn_file_actions_t fa;
 	pid_t pid;
 	int status, err;
@@ -93,9 +91,19 @@ static bool runs(const char *path)
 	if (posix_spawn_file_actions_init(&fa))
 		return false;
 	posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-	err = posix_spawn(&pid, path, &fa, NULL, argv, environ);
+	posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+	err = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	return !err && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+/* Whether the binary runs at all (an upgrade may have left it broken):
+ * after the exec there is no way back, the connection dies with it. */
+static bool runs(const char *path)
+{
+	char *argv[] = {(char *)path, "--version", NULL};
+
+	return run_quietly(argv);
 }
 
 static bool is_takeover(const char *opt)
@@ -157,23 +165,16 @@ void ck_restart_exec(struct fuse_session *se, uint32_t epoch, char *const *optio
 	free(argv);
 }
 
-static void run_quietly(char *const argv[])
-{
-	pid_t pid;
-	int status;
-
-	if (posix_spawnp(&pid, argv[0], NULL, NULL, argv, environ) == 0)
-		waitpid(pid, &status, 0);
-}
-
 static char unmount_at_exit[PATH_MAX];
 
 static void unmount_now(void)
 {
 	char *argv[] = {"fusermount3", "-u", "-z", "--", unmount_at_exit, NULL};
 
-	if (geteuid() != 0 || umount2(unmount_at_exit, MNT_DETACH) != 0)
+	if (geteuid() != 0) /* else it is fusermount3's to do */
 		run_quietly(argv);
+	else
+		umount2(unmount_at_exit, MNT_DETACH); /* EINVAL once unmounted already */
 }
 
 void ck_restart_unmount_at_exit(const char *mountpoint)
@@ -326,6 +327,23 @@ static void sleep_ms(long ms)
 	nanosleep(&ts, NULL);
 }
 
+/* Running, not a zombie its parent has yet to reap. */
+static bool alive(pid_t pid)
+{
+	char path[64], stat[512], *end;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return false;
+	n = read(fd, stat, sizeof(stat) - 1);
+	close(fd);
+	stat[n > 0 ? n : 0] = '\0';
+	end = strrchr(stat, ')'); /* the command name may hold anything */
+	return end && end[1] == ' ' && end[2] != 'Z' && end[2] != 'X';
+}
+
 /* Signals the daemon, then waits for its successor to exec and serve. */
 static int restart_daemon(pid_t pid, const char *mountpoint)
 {
@@ -339,6 +357,8 @@ static int restart_daemon(pid_t pid, const char *mountpoint)
 	for (int waited = 0; now == epoch && waited < RESTART_TIMEOUT_MS; waited += 20) {
 		sleep_ms(20);
 		now = daemon_epoch(pid);
+		if (now < 0 && alive(pid))
+			now = epoch; /* its cmdline reads empty while it execs */
 	}
 	if (now < 0 || now == epoch) {
 		fprintf(stderr, PACKAGE ": %s: %s (see the daemon's log)\n", mountpoint,
