@@ -206,3 +206,8 @@ def test_restart_of_a_background_daemon(dirs):
 def test_restart_usage(args):
     rc, out, err = run_cli(["restart"] + args)
     assert rc == 2 and "restart: expected MOUNTPOINT" in err, err
+
+
+def test_restart_refuses_what_is_not_a_ckptfs_mount(tmp_path):
+    rc, out, err = run_cli(["restart", str(tmp_path)])
+    assert rc == 1 and "not a ckptfs mount" in err, err
