@@ -58,7 +58,7 @@ bool ck_restart_parse(const char *spec, int *fd, uint32_t *epoch)
  * system's init() wants of it (splice, export support, max_pages, ...).
  * The reply goes to the kernel with an id it never issued: it drops it
  * (ENOENT, which libfuse ignores). */
-int ck_restart_init(struct fuse_session *se)
+void ck_restart_init(struct fuse_session *se)
 {
 	struct {
 		struct fuse_in_header h;
@@ -78,7 +78,6 @@ int ck_restart_init(struct fuse_session *se)
 	struct fuse_buf buf = {.size = sizeof(msg), .mem = &msg};
 
 	fuse_session_process_buf(se, &buf);
-	return 0;
 }
 
 /* Runs argv with stdout and stderr to /dev/null; whether it exited 0. */
@@ -171,7 +170,7 @@ static void unmount_now(void)
 {
 	char *argv[] = {"fusermount3", "-u", "-z", "--", unmount_at_exit, NULL};
 
-	if (geteuid() != 0) /* else it is fusermount3's to do */
+	if (geteuid() != 0) /* only fusermount3 may, for a user */
 		run_quietly(argv);
 	else
 		umount2(unmount_at_exit, MNT_DETACH); /* EINVAL once unmounted already */

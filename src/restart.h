@@ -23,7 +23,7 @@ bool ck_restart_parse(const char *spec, int *fd, uint32_t *epoch);
 
 /* The successor's first step: the kernel answered the predecessor's INIT
  * long ago, so libfuse is given one as the kernel would have sent it. */
-int ck_restart_init(struct fuse_session *se);
+void ck_restart_init(struct fuse_session *se);
 
 /* Execs the binary again to serve se's connection: options are the nopts
  * mount options the daemon was started with, source_fd the source root it
