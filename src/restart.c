@@ -232,87 +232,126 @@ static long ckptfs_connection(const char *path)
 	return conn;
 }
 
-/* Whether descriptor fd of process pid is /dev/fuse of connection conn;
- * *shown tells whether the kernel names connections in fdinfo at all. */
-static bool holds_connection(const char *pid, const char *fd, long conn, bool *shown)
+/* What descriptor fd of process pid is: /dev/fuse of connection conn, of
+ * another one, of one the kernel does not name (fdinfo shows
+ * fuse_connection since Linux 6.x), or something else. */
+enum fuse_fd { NOT_FUSE, OTHER_CONN, THIS_CONN, UNNAMED_CONN };
+
+static enum fuse_fd fuse_fd_of(const char *pid, const char *fd, long conn)
 {
 	char path[PATH_MAX], target[32], line[128];
+	enum fuse_fd kind = UNNAMED_CONN;
 	ssize_t n;
-	bool found = false;
 	FILE *f;
 
 	snprintf(path, sizeof(path), "/proc/%s/fd/%s", pid, fd);
 	n = readlink(path, target, sizeof(target) - 1);
 	if (n != (ssize_t)strlen("/dev/fuse") || memcmp(target, "/dev/fuse", (size_t)n) != 0)
-		return false;
+		return NOT_FUSE;
 	snprintf(path, sizeof(path), "/proc/%s/fdinfo/%s", pid, fd);
 	if (!(f = fopen(path, "r")))
-		return false;
-	while (!found && fgets(line, sizeof(line), f)) {
+		return NOT_FUSE;
+	while (kind == UNNAMED_CONN && fgets(line, sizeof(line), f)) {
 		long c;
 
-		if (sscanf(line, "fuse_connection: %ld", &c) == 1) {
-			*shown = true;
-			found = c == conn;
-		}
+		if (sscanf(line, "fuse_connection: %ld", &c) == 1)
+			kind = c == conn ? THIS_CONN : OTHER_CONN;
 	}
 	fclose(f);
-	return found;
+	return kind;
 }
 
-/* The epoch a daemon runs in: that of its --takeover, 0 without one; -1 if
- * the process is gone or is not a ckptfs daemon. */
-static long daemon_epoch(pid_t pid)
+/* A process's arguments, NUL-separated; their length, 0 if it is gone. */
+static size_t read_cmdline(pid_t pid, char *args, size_t size)
 {
-	char path[64], args[8192];
+	char path[64];
 	ssize_t n;
 	int fd;
-	long epoch = 0;
 
 	snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-		return -1;
-	n = read(fd, args, sizeof(args) - 1);
+		return 0;
+	n = read(fd, args, size - 1);
 	close(fd);
 	if (n <= 0)
-		return -1;
+		return 0;
 	args[n] = '\0';
-	for (char *a = args + strlen(args) + 1; a < args + n; a += strlen(a) + 1) {
+	return (size_t)n;
+}
+
+/* The epoch a daemon runs in: that of its --takeover, 0 without one; -1 if
+ * the process is gone or is not a ckptfs daemon ("... mount ..."). */
+static long daemon_epoch(pid_t pid)
+{
+	char args[8192];
+	size_t n = read_cmdline(pid, args, sizeof(args));
+	char *cmd = args + strlen(args) + 1;
+	long epoch = 0;
+
+	if (!n || cmd >= args + n || strcmp(cmd, "mount") != 0)
+		return -1;
+	for (char *a = cmd; a < args + n; a += strlen(a) + 1) {
 		int f;
 		uint32_t e;
 
-		if (a == args + strlen(args) + 1 && strcmp(a, "mount") != 0)
-			return -1;
 		if (is_takeover(a) && ck_restart_parse(a + strlen(TAKEOVER_OPT "="), &f, &e))
 			epoch = e;
 	}
 	return epoch;
 }
 
+/* Whether a daemon's last argument, its mount point, is path (a relative
+ * one is taken from its working directory). */
+static bool names_mountpoint(pid_t pid, const char *path)
+{
+	char args[8192], where[sizeof(args) + 64], real[PATH_MAX];
+	size_t n = read_cmdline(pid, args, sizeof(args));
+	char *last = args + n - 1;
+
+	if (n < 2)
+		return false;
+	while (last > args && last[-1])
+		last--;
+	if (*last == '/')
+		snprintf(where, sizeof(where), "%s", last);
+	else
+		snprintf(where, sizeof(where), "/proc/%d/cwd/%s", (int)pid, last);
+	return realpath(where, real) && strcmp(real, path) == 0;
+}
+
+/* Whether process pid serves connection conn, mounted at mountpoint. */
+static bool serves(const char *pid, long conn, const char *mountpoint)
+{
+	char path[PATH_MAX];
+	enum fuse_fd kind = NOT_FUSE;
+	struct dirent *fd;
+	DIR *fds;
+
+	snprintf(path, sizeof(path), "/proc/%s/fd", pid);
+	if (!(fds = opendir(path)))
+		return false;
+	while ((kind == NOT_FUSE || kind == UNNAMED_CONN) && (fd = readdir(fds))) {
+		enum fuse_fd k = fuse_fd_of(pid, fd->d_name, conn);
+
+		if (k != NOT_FUSE)
+			kind = k;
+	}
+	closedir(fds);
+	return kind == THIS_CONN || (kind == UNNAMED_CONN && names_mountpoint(atoi(pid), mountpoint));
+}
+
 /* The ckptfs daemon serving connection conn: 0 if none, -1 if several. */
-static pid_t find_daemon(long conn, bool *shown)
+static pid_t find_daemon(long conn, const char *mountpoint)
 {
 	DIR *proc = opendir("/proc");
 	struct dirent *p;
 	pid_t found = 0;
 
 	while (proc && (p = readdir(proc))) {
-		char path[PATH_MAX];
-		struct dirent *fd;
-		DIR *fds;
 		pid_t pid = (pid_t)atoi(p->d_name);
 
-		if (pid <= 0 || daemon_epoch(pid) < 0)
-			continue;
-		snprintf(path, sizeof(path), "/proc/%s/fd", p->d_name);
-		if (!(fds = opendir(path)))
-			continue;
-		while ((fd = readdir(fds)))
-			if (holds_connection(p->d_name, fd->d_name, conn, shown)) {
-				found = found && found != pid ? -1 : pid;
-				break;
-			}
-		closedir(fds);
+		if (pid > 0 && daemon_epoch(pid) >= 0 && serves(p->d_name, conn, mountpoint))
+			found = found ? -1 : pid;
 	}
 	if (proc)
 		closedir(proc);
@@ -375,7 +414,6 @@ static int restart_daemon(pid_t pid, const char *mountpoint)
 int ck_restart_command(const char *mountpoint)
 {
 	char real[PATH_MAX];
-	bool shown = false;
 	long conn;
 	pid_t pid;
 
@@ -387,16 +425,13 @@ int ck_restart_command(const char *mountpoint)
 		fprintf(stderr, PACKAGE ": %s: not a ckptfs mount\n", mountpoint);
 		return 1;
 	}
-	pid = find_daemon(conn, &shown);
+	pid = find_daemon(conn, real);
 	if (pid > 0)
 		return restart_daemon(pid, real);
 	if (pid < 0)
 		fprintf(stderr, PACKAGE ": %s: more than one ckptfs process serves it\n", mountpoint);
-	else if (!shown)
-		fprintf(stderr, PACKAGE ": %s: cannot tell which process serves it (this kernel does "
-			"not show fuse_connection in /proc/PID/fdinfo); send SIGHUP to its daemon\n",
-			mountpoint);
 	else
-		fprintf(stderr, PACKAGE ": %s: no ckptfs daemon serves it\n", mountpoint);
+		fprintf(stderr, PACKAGE ": %s: cannot find the daemon that serves it; send it SIGHUP\n",
+			mountpoint);
 	return 1;
 }
