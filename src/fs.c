@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <utlist.h>
 #include "cache.h"
+#include "handles.h"
 #include "linkpath.h"
 #include "log.h"
 #include "nodes.h"
@@ -43,6 +44,12 @@ struct ck_fs {
 	 * so the daemon closes what is left when it ends. */
 	pthread_mutex_t open_lock;
 	struct open_file *open_files;
+	/* fi->fh of open files and of open directories (handles.h); unmounting
+	 * sends no releasedir for directories still open either */
+	struct ck_handles *handles, *dirs;
+	/* This daemon took the connection over (ckptfs restart): the kernel
+	 * holds node ids and handles the predecessor gave it. */
+	bool took_over;
 };
 
 /* A regular source file open for reading, with its built view held. */
@@ -79,7 +86,10 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 		ck_err_set(e, EINVAL, "at most %d views", CK_NODES_MAX_VIEWS);
 		return NULL;
 	}
-	if (!(fs = calloc(1, sizeof(*fs))) || !(fs->cache = ck_cache_new(cache_bytes))) {
+	if (!(fs = calloc(1, sizeof(*fs))) || !(fs->cache = ck_cache_new(cache_bytes)) ||
+	    ck_fs_take_over(fs, 0)) {
+		if (fs)
+			ck_cache_free(fs->cache);
 		free(fs);
 		ck_err_nomem(e);
 		return NULL;
@@ -90,6 +100,8 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 	fs->nodes = ck_nodes_new(root_fd, (unsigned)nviews);
 	if (!fs->nodes) {
 		ck_err_set(e, errno, "%s", strerror(errno));
+		ck_handles_free(fs->handles, NULL);
+		ck_handles_free(fs->dirs, NULL);
 		ck_cache_free(fs->cache);
 		free(fs);
 		return NULL;
@@ -98,6 +110,7 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 }
 
 static void close_view_file(struct ck_fs *fs, struct open_file *of);
+static void drop_dir(void *d);
 
 void ck_fs_free(struct ck_fs *fs)
 {
@@ -111,9 +124,29 @@ void ck_fs_free(struct ck_fs *fs)
 	pthread_mutex_destroy(&fs->open_lock);
 	for (size_t i = 0; i < fs->nroots; i++)
 		free(fs->roots[i]);
+	ck_handles_free(fs->handles, NULL); /* the files went with open_files */
+	ck_handles_free(fs->dirs, drop_dir);
 	ck_nodes_free(fs->nodes);
 	ck_cache_free(fs->cache);
 	free(fs);
+}
+
+/* Also what a new mount does, with epoch 0 (no predecessor). */
+int ck_fs_take_over(struct ck_fs *fs, uint32_t epoch)
+{
+	struct ck_handles *files = ck_handles_new(epoch), *dirs = ck_handles_new(epoch);
+
+	if (!files || !dirs) {
+		ck_handles_free(files, NULL);
+		ck_handles_free(dirs, NULL);
+		return -ENOMEM;
+	}
+	ck_handles_free(fs->handles, NULL);
+	ck_handles_free(fs->dirs, NULL);
+	fs->handles = files;
+	fs->dirs = dirs;
+	fs->took_over = epoch > 0;
+	return 0;
 }
 
 static struct ck_fs *fs_of(fuse_req_t req)
@@ -138,6 +171,22 @@ int ck_fs_add_source_path(struct ck_fs *fs, const char *path, struct ck_err *e)
 		}
 	fs->roots[fs->nroots++] = root;
 	return 0;
+}
+
+/* An id the table does not know, in a request other than lookup("."),
+ * after a take-over: the predecessor gave it to the kernel. Finds it in the
+ * source tree and holds it for the kernel, which counted its references
+ * with the predecessor; its forget drops it. */
+static bool adopted(struct ck_fs *fs, uint64_t id, int err)
+{
+	return err == -ESTALE && fs->took_over && ck_nodes_find_and_ref(fs->nodes, id) == 0;
+}
+
+static int locate(struct ck_fs *fs, uint64_t id, struct ck_located *loc)
+{
+	int err = ck_nodes_locate(fs->nodes, id, loc);
+
+	return adopted(fs, id, err) ? ck_nodes_locate(fs->nodes, id, loc) : err;
 }
 
 /* How messages name a view file: "plain/a/x.pth". */
@@ -253,7 +302,7 @@ static int node_attr(struct ck_fs *fs, uint64_t id, struct stat *attr)
 
 	if (id == FUSE_ROOT_ID)
 		return root_attr(fs, attr);
-	err = ck_nodes_locate(fs->nodes, id, &loc);
+	err = locate(fs, id, &loc);
 	if (err)
 		return err;
 	err = located_attr(fs, &loc, id, attr);
@@ -285,6 +334,8 @@ static int lookup_child(struct ck_fs *fs, uint64_t parent, const char *name, str
 	int err;
 
 	err = ck_nodes_locate_child(fs->nodes, parent, name, &loc);
+	if (adopted(fs, parent, err))
+		err = ck_nodes_locate_child(fs->nodes, parent, name, &loc);
 	if (err)
 		return err;
 	id = ck_nodes_id(fs->nodes, &loc.st, loc.view);
@@ -313,6 +364,8 @@ static int lookup(struct ck_fs *fs, uint64_t parent, const char *name, struct st
 		return ref_node(fs, parent, true, attr);
 	if (strcmp(name, "..") == 0) {
 		err = ck_nodes_parent(fs->nodes, parent, &up);
+		if (adopted(fs, parent, err))
+			err = ck_nodes_parent(fs->nodes, parent, &up);
 		return err ? err : ref_node(fs, up, false, attr);
 	}
 	if (parent == FUSE_ROOT_ID) {
@@ -372,7 +425,7 @@ static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 	char target[PATH_MAX], shown[PATH_MAX];
 	struct ck_located loc;
 	ssize_t n = -1;
-	int err = ck_nodes_locate(fs->nodes, ino, &loc);
+	int err = locate(fs, ino, &loc);
 
 	if (!err) {
 		n = readlinkat(loc.fd, "", target, sizeof(target));
@@ -414,7 +467,7 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out,
 	struct open_file *of;
 	int err;
 
-	err = ck_nodes_locate(fs->nodes, id, &loc);
+	err = locate(fs, id, &loc);
 	if (err)
 		return err;
 	if (!S_ISREG(loc.st.st_mode)) {
@@ -460,19 +513,52 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -err);
 		return;
 	}
-	fi->fh = (uintptr_t)of;
 	fi->keep_cache = keep_cache;
 	pthread_mutex_lock(&fs->open_lock);
 	DL_APPEND(fs->open_files, of);
 	pthread_mutex_unlock(&fs->open_lock);
-	if (fuse_reply_open(req, fi)) /* interrupted: no release will come */
+	fi->fh = ck_handles_add(fs->handles, of);
+	if (!fi->fh) {
 		release_view_file(fs, of);
+		fuse_reply_err(req, ENOMEM);
+	} else if (fuse_reply_open(req, fi)) { /* interrupted: no release will come */
+		release_view_file(fs, ck_handles_take(fs->handles, fi->fh));
+	}
 }
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	release_view_file(fs_of(req), (struct open_file *)(uintptr_t)fi->fh);
+	struct ck_fs *fs = fs_of(req);
+	struct open_file *of = ck_handles_take(fs->handles, fi->fh);
+
+	if (of) /* else opened before a restart and never read since */
+		release_view_file(fs, of);
 	fuse_reply_err(req, 0);
+}
+
+/* The file a read names. One opened before a take-over (ckptfs restart)
+ * is opened again by its node id, once, and kept under the old handle. */
+static int open_file_of(struct ck_fs *fs, uint64_t ino, uint64_t fh, struct open_file **out)
+{
+	struct open_file *of = ck_handles_get(fs->handles, fh), *won;
+	bool keep_cache;
+	int err;
+
+	if (of || !fs->took_over) {
+		*out = of;
+		return of ? 0 : -EBADF;
+	}
+	err = open_view_file(fs, ino, &of, &keep_cache);
+	if (err)
+		return err;
+	pthread_mutex_lock(&fs->open_lock);
+	DL_APPEND(fs->open_files, of);
+	pthread_mutex_unlock(&fs->open_lock);
+	won = ck_handles_adopt(fs->handles, fh, of);
+	if (won != of)
+		release_view_file(fs, of);
+	*out = won;
+	return won ? 0 : -ENOMEM;
 }
 
 /* A source rewritten in place while open would turn the view into a mix of
@@ -563,10 +649,16 @@ static int reply_view(fuse_req_t req, int fd, const struct ck_layout *l, size_t 
  * to) read as the source does. */
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
-	struct open_file *of = (struct open_file *)(uintptr_t)fi->fh;
-	const struct ck_built *b = ck_cache_built(of->src.ent);
-	int err = b->format == CK_FORMAT_OTHER ? 0 : check_source_unchanged(of);
+	struct open_file *of;
+	const struct ck_built *b;
+	int err = open_file_of(fs_of(req), ino, fi->fh, &of);
 
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	b = ck_cache_built(of->src.ent);
+	err = b->format == CK_FORMAT_OTHER ? 0 : check_source_unchanged(of);
 	if (!err && !b->layout)
 		reply_source(req, of->src.fd, size, off);
 	else if (!err)
@@ -581,7 +673,7 @@ static int open_dir(struct ck_fs *fs, uint64_t id, struct dir_handle **out)
 	struct dir_handle *d;
 	int err, fd;
 
-	err = ck_nodes_locate(fs->nodes, id, &loc);
+	err = locate(fs, id, &loc);
 	if (err)
 		return err;
 	fd = S_ISDIR(loc.st.st_mode) ? reopen(&loc, O_RDONLY | O_DIRECTORY) : -ENOTDIR;
@@ -607,26 +699,58 @@ static void close_dir(struct dir_handle *d)
 	free(d);
 }
 
+static void drop_dir(void *d)
+{
+	close_dir(d);
+}
+
 /* The mount root's listing is made up; fh 0 stands for it. */
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	struct ck_fs *fs = fs_of(req);
 	struct dir_handle *d = NULL;
-	int err = ino == FUSE_ROOT_ID ? 0 : open_dir(fs_of(req), ino, &d);
+	int err = ino == FUSE_ROOT_ID ? 0 : open_dir(fs, ino, &d);
 
+	if (!err && d && !(fi->fh = ck_handles_add(fs->dirs, d))) {
+		close_dir(d);
+		err = -ENOMEM;
+	}
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
-	fi->fh = (uintptr_t)d;
 	if (fuse_reply_open(req, fi) && d) /* interrupted: no releasedir will come */
-		close_dir(d);
+		close_dir(ck_handles_take(fs->dirs, fi->fh));
 }
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	if (fi->fh)
-		close_dir((struct dir_handle *)(uintptr_t)fi->fh);
+	struct dir_handle *d = fi->fh ? ck_handles_take(fs_of(req)->dirs, fi->fh) : NULL;
+
+	if (d)
+		close_dir(d);
 	fuse_reply_err(req, 0);
+}
+
+/* A directory handle; like open_file_of for one opened before a take-over
+ * (the offsets the kernel holds are the source directory's own cookies). */
+static int dir_of(struct ck_fs *fs, uint64_t ino, uint64_t fh, struct dir_handle **out)
+{
+	struct dir_handle *d = ck_handles_get(fs->dirs, fh), *won;
+	int err;
+
+	if (d || !fs->took_over) {
+		*out = d;
+		return d ? 0 : -EBADF;
+	}
+	err = open_dir(fs, ino, &d);
+	if (err)
+		return err;
+	won = ck_handles_adopt(fs->dirs, fh, d);
+	if (won != d)
+		close_dir(d);
+	*out = won;
+	return won ? 0 : -ENOMEM;
 }
 
 /* Adds one entry; false when it does not fit. */
@@ -699,9 +823,13 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	if (fi->fh)
-		err = fill_dir(req, fs, (struct dir_handle *)(uintptr_t)fi->fh, buf, size, off, &used);
-	else
+	if (fi->fh) {
+		struct dir_handle *d;
+
+		err = dir_of(fs, ino, fi->fh, &d);
+		if (!err)
+			err = fill_dir(req, fs, d, buf, size, off, &used);
+	} else
 		used = fill_root(req, fs, buf, size, off);
 	/* Entries already read are worth replying; the error comes back next call. */
 	if (err && used == 0)
@@ -769,7 +897,7 @@ static int node_xattrs(struct ck_fs *fs, uint64_t id, struct xattrs *xs)
 		add_xattr(xs, "user.ckptfs.builds", builds);
 		return 0;
 	}
-	err = ck_nodes_locate(fs->nodes, id, &loc);
+	err = locate(fs, id, &loc);
 	if (err)
 		return err;
 	if (S_ISREG(loc.st.st_mode))
@@ -800,7 +928,7 @@ static ssize_t source_acl(struct ck_fs *fs, uint64_t id, const char *name, void 
 	if (id == FUSE_ROOT_ID) {
 		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", ck_nodes_root_fd(fs->nodes));
 	} else {
-		int err = ck_nodes_locate(fs->nodes, id, &loc);
+		int err = locate(fs, id, &loc);
 
 		if (err)
 			return err;
