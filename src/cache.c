@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* A failed allocation inside uthash leaves the item out of the table
  * (hh.tbl == NULL) instead of exiting the daemon. */
@@ -43,6 +44,7 @@ struct ck_cache_key ck_cache_key_of(const struct stat *st, const struct ck_view 
 	k.ino = st->st_ino;
 	k.size = (uint64_t)st->st_size;
 	k.mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+	k.ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
 	k.view = v;
 	return k;
 }
@@ -101,17 +103,41 @@ static void evict_over_bound(struct ck_cache *c)
 	}
 }
 
-/* Out of memory says nothing about the file: the next request tries again. */
+/* Out of memory says nothing about the file, nor does a file that changed
+ * while it was read: the next request tries again. */
 static bool worth_keeping(const struct ck_built *b)
 {
-	return b->err.code != ENOMEM;
+	return b->err.code != ENOMEM && b->err.code != EAGAIN;
+}
+
+/* A view is built from what the file held throughout: a write changes
+ * ctime before it changes bytes, so the same key after the build means
+ * the bytes read were of that version. (An unsettled key names no version:
+ * its file is expected to change.) */
+static bool changed_since(const struct ck_cache_key *key, int fd)
+{
+	struct ck_cache_key now;
+	struct stat st;
+
+	if (key->unsettled)
+		return false;
+	if (fstat(fd, &st))
+		return true;
+	now = ck_cache_key_of(&st, key->view);
+	return memcmp(&now, key, sizeof(now)) != 0;
 }
 
 static void build(struct ck_cache_entry *ent, const struct ck_src *src)
 {
 	struct ck_built *b = &ent->built;
+	int ret = ck_view_layout(src, ent->key.view, &b->layout, &b->format, &b->err);
 
-	if (ck_view_layout(src, ent->key.view, &b->layout, &b->format, &b->err) == 0)
+	if (changed_since(&ent->key, src->fd)) {
+		ck_layout_free(b->layout);
+		b->layout = NULL;
+		ret = ck_err_set(&b->err, EAGAIN, "changed while its view was built");
+	}
+	if (ret == 0)
 		b->err.code = 0;
 	else
 		(void)ck_log_err(src->name, &b->err);

@@ -5,6 +5,7 @@
 #ifndef CKPTFS_CACHE_H
 #define CKPTFS_CACHE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include "err.h"
@@ -13,13 +14,17 @@
 #include "source.h"
 #include "view.h"
 
-/* A source file changed in place gets a new key (size or mtime differ);
- * its old entries age out of the LRU. Compared as bytes: build it with
- * ck_cache_key_of(), which zeroes any padding. */
+/* A source file changed in place gets a new key (size, mtime or ctime
+ * differ: a rewrite that restores mtime, as `cp -p` or `rsync -t` do, still
+ * changes ctime); its old entries age out of the LRU. Compared as bytes:
+ * build it with ck_cache_key_of(), which zeroes any padding. */
 struct ck_cache_key {
 	uint64_t dev, ino, size;
-	int64_t mtime_ns;
+	int64_t mtime_ns, ctime_ns;
 	const struct ck_view *view;
+	/* Built while a process had the file open for writing: what it shows
+	 * is not the version those times will name once the writer is done. */
+	bool unsettled;
 };
 
 struct ck_cache_key ck_cache_key_of(const struct stat *st, const struct ck_view *v);
@@ -42,7 +47,9 @@ void ck_cache_free(struct ck_cache *c);
 /* Returns a held entry for key, building it from src (an fd whose fstat
  * gave key) when no entry exists; requests for a key being built wait for
  * that build. A failed build is an entry too (err set, logged once as
- * "src->name: message"). Returns NULL with e set only when out of memory. */
+ * "src->name: message"). A file that changed while its view was built gets
+ * an EIO entry that is not kept. Returns NULL with e set only when out of
+ * memory. */
 struct ck_cache_entry *ck_cache_get(struct ck_cache *c, const struct ck_cache_key *key,
 				    const struct ck_src *src, struct ck_err *e);
 void ck_cache_put(struct ck_cache *c, struct ck_cache_entry *ent);

@@ -287,7 +287,8 @@ static bool hand_over(struct fuse_session *se, struct ck_sandbox *sb, int root_f
 
 /* Before serving: a successor finds the connection open and answers an
  * INIT of its own making; a new mount mounts. */
-static void connect_session(struct fuse_session *se, const struct mount_args *a, const char *mountpoint)
+static void connect_session(struct fuse_session *se, struct ck_fs *fs, const struct mount_args *a,
+			    const char *mountpoint)
 {
 	char fuse_fd[32];
 
@@ -295,6 +296,7 @@ static void connect_session(struct fuse_session *se, const struct mount_args *a,
 	if (fuse_set_signal_handlers(se) ||
 	    fuse_session_mount(se, a->takeover_fd >= 0 ? fuse_fd : mountpoint))
 		exit(EXIT_RUNTIME);
+	ck_fs_note_mount(fs, mountpoint);
 	if (a->takeover_fd >= 0) {
 		ck_restart_init(se);
 		ck_log(LOG_NOTICE, "restarted: serving %s again", mountpoint);
@@ -342,7 +344,7 @@ int cmd_mount(int argc, char **argv)
 	se = new_session(&a, source_real, fs);
 	if (!se)
 		exit(EXIT_USAGE); /* bad -o option; libfuse said which */
-	connect_session(se, &a, mountpoint_real);
+	connect_session(se, fs, &a, mountpoint_real);
 	/* before any thread starts: capabilities are dropped per thread */
 	if (!a.nosandbox && ck_sandbox_enter(&sb, mountpoint_real, a.foreground, ck_restart_spawn, &e)) {
 		if (takeover)

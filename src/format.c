@@ -25,7 +25,7 @@ enum head_kind { HEAD_OTHER, HEAD_LEGACY, HEAD_SAFETENSORS, HEAD_SHARDINDEX, HEA
 
 static int read_head(const struct ck_src *src, enum head_kind *kind, struct ck_err *e)
 {
-	uint8_t head[32];
+	uint8_t head[4096]; /* one page: a safetensors header may begin with whitespace */
 	size_t n = src->size < sizeof(head) ? (size_t)src->size : sizeof(head);
 
 	*kind = HEAD_OTHER;

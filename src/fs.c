@@ -5,19 +5,23 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 #include <utlist.h>
 #include "cache.h"
+#include "fdquota.h"
 #include "handles.h"
 #include "linkpath.h"
 #include "log.h"
+#include "mountinfo.h"
 #include "nodes.h"
 #include "view.h"
 
@@ -25,10 +29,10 @@ _Static_assert(CK_NODES_ROOT_ID == FUSE_ROOT_ID, "the node table's root is the m
 
 
 /* Names and attributes stay valid in the kernel this long; a name that does
- * not exist is never cached, so files added to the source show up at once. */
+ * not exist is never cached, so files added to the source show up at once.
+ * An open of a name whose file changed since is answered ESTALE, and the
+ * kernel looks the name up again: opens see the newest version at once. */
 #define TIMEOUT 1.0
-/* Ids are never reused for another object, so one generation does. */
-#define GENERATION 1
 
 /* Room for "ddp/" + a source path. */
 #define VIEW_PATH_MAX (PATH_MAX + 32)
@@ -50,6 +54,7 @@ struct ck_fs {
 	/* This daemon took the connection over (ckptfs restart): the kernel
 	 * holds node ids and handles the predecessor gave it. */
 	bool took_over;
+	struct ck_fdquota *fdq; /* each user's share of the descriptors */
 };
 
 /* A regular source file open for reading, with its built view held. */
@@ -62,10 +67,26 @@ struct source_file {
 /* An open view file. It keeps its own source descriptor: a source replaced
  * by rename keeps serving the version that was opened. */
 struct open_file {
-	struct source_file src;
+	struct source_file src;    /* src.st: the version opened */
+	uint64_t id;
+	uint32_t generation;       /* of the version opened */
+	bool passthrough;          /* no checkpoint: read as the source is now */
+	pthread_mutex_t lease_lock;
+	unsigned leases;           /* reads in flight under the read lease */
+	/* The kernel's reference, and one per read still holding the lease
+	 * after its reply, when the release may already be running. */
+	atomic_uint refs;
 	char name[VIEW_PATH_MAX];
 	atomic_flag told_changed;
+	uid_t uid;                     /* who opened it: its descriptor counts against them */
 	struct open_file *prev, *next; /* in fs->open_files */
+};
+
+/* What lookup and getattr answer for a node. */
+struct node_attr {
+	struct stat attr;          /* st_ino: the node id */
+	uint32_t generation;
+	bool passthrough;          /* a regular file that is no checkpoint */
 };
 
 /* An open source directory; readdir continues where the last call ended. */
@@ -75,6 +96,7 @@ struct dir_handle {
 	unsigned view;
 	off_t offset;
 	struct dirent *pending; /* read but not yet replied: it did not fit */
+	uid_t uid;              /* who opened it: its descriptor counts against them */
 };
 
 struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t nviews, size_t cache_bytes,
@@ -87,15 +109,21 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 		return NULL;
 	}
 	if (!(fs = calloc(1, sizeof(*fs))) || !(fs->cache = ck_cache_new(cache_bytes)) ||
-	    ck_fs_take_over(fs, 0)) {
-		if (fs)
+	    ck_fs_take_over(fs, 0) || !(fs->fdq = ck_fdquota_new(ck_fdquota_raise_limit()))) {
+		if (fs) {
 			ck_cache_free(fs->cache);
+			ck_handles_free(fs->handles, NULL);
+			ck_handles_free(fs->dirs, NULL);
+		}
 		free(fs);
 		ck_err_nomem(e);
 		return NULL;
 	}
 	fs->views = views;
 	fs->nviews = nviews;
+	/* A writer opening a source in the instant being_written() holds its
+	 * lease makes the kernel send SIGIO, which would end the daemon. */
+	signal(SIGIO, SIG_IGN);
 	pthread_mutex_init(&fs->open_lock, NULL);
 	fs->nodes = ck_nodes_new(root_fd, (unsigned)nviews);
 	if (!fs->nodes) {
@@ -103,6 +131,7 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 		ck_handles_free(fs->handles, NULL);
 		ck_handles_free(fs->dirs, NULL);
 		ck_cache_free(fs->cache);
+		ck_fdquota_free(fs->fdq);
 		free(fs);
 		return NULL;
 	}
@@ -128,6 +157,7 @@ void ck_fs_free(struct ck_fs *fs)
 	ck_handles_free(fs->dirs, drop_dir);
 	ck_nodes_free(fs->nodes);
 	ck_cache_free(fs->cache);
+	ck_fdquota_free(fs->fdq);
 	free(fs);
 }
 
@@ -147,6 +177,18 @@ int ck_fs_take_over(struct ck_fs *fs, uint32_t epoch)
 	fs->dirs = dirs;
 	fs->took_over = epoch > 0;
 	return 0;
+}
+
+void ck_fs_note_mount(struct ck_fs *fs, const char *mountpoint)
+{
+	struct ck_mountinfo mi;
+	unsigned maj, min;
+
+	if (ck_mountinfo_find(mountpoint, &mi) && sscanf(mi.dev, "%u:%u", &maj, &min) == 2)
+		ck_nodes_set_self_dev(fs->nodes, makedev(maj, min));
+	else
+		ck_log(LOG_WARNING, "%s: not in /proc/self/mountinfo; a mount inside its own source is not detected",
+		       mountpoint);
 }
 
 static struct ck_fs *fs_of(fuse_req_t req)
@@ -189,6 +231,13 @@ static int locate(struct ck_fs *fs, uint64_t id, struct ck_located *loc)
 	return adopted(fs, id, err) ? ck_nodes_locate(fs->nodes, id, loc) : err;
 }
 
+static int locate_latest(struct ck_fs *fs, uint64_t id, struct ck_located *loc, bool *passthrough)
+{
+	int err = ck_nodes_locate_latest(fs->nodes, id, loc, passthrough);
+
+	return adopted(fs, id, err) ? ck_nodes_locate_latest(fs->nodes, id, loc, passthrough) : err;
+}
+
 /* How messages name a view file: "plain/a/x.pth". */
 static void view_path(const struct ck_fs *fs, const struct ck_located *loc, char *buf, size_t size)
 {
@@ -213,8 +262,37 @@ static int reopen(const struct ck_located *loc, int flags)
 	return fd < 0 ? -errno : fd;
 }
 
+/* Whether a process has the source open for writing. A write changes ctime
+ * when it starts, not when it ends: a version sampled while one runs is not
+ * settled, and its bytes may be half old, half new. A read lease is refused
+ * exactly then; it is taken and dropped at once. Where no lease can be taken
+ * (a daemon without CAP_LEASE reading another user's file, a file system
+ * without leases) nothing can be told: the file counts as settled. */
+static bool being_written(int fd)
+{
+	if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
+		(void)fcntl(fd, F_SETLEASE, F_UNLCK);
+		return false;
+	}
+	return errno == EAGAIN;
+}
+
+/* A source open for writing has no settled version: its node is not the
+ * one it will have when the writer closes it, and its view is not built. */
+#define UNSETTLED UINT64_C(0x5e771ed0b5e771ed)
+
+static void close_source(struct ck_fs *fs, struct source_file *sf);
+
+/* Files that are no checkpoints are served as they are. */
+static bool is_passthrough(const struct ck_built *b)
+{
+	return b->format == CK_FORMAT_OTHER && !b->err.code;
+}
+
 /* Opens a located regular file and gets its built view (building it the
- * first time this version of the file is seen). */
+ * first time this version of the file is seen). -EBUSY (sf->st filled,
+ * nothing held) for a checkpoint a process has open for writing; a file
+ * that is none (a log) is served while it is written. */
 static int open_source(struct ck_fs *fs, const struct ck_located *loc, struct source_file *sf)
 {
 	char name[VIEW_PATH_MAX];
@@ -222,21 +300,33 @@ static int open_source(struct ck_fs *fs, const struct ck_located *loc, struct so
 	struct ck_cache_key key;
 	struct ck_err e;
 
-	sf->fd = reopen(loc, O_RDONLY | O_NOCTTY);
+	/* O_NONBLOCK: a lease on the source (any owner may take one) makes
+	 * the open fail at once instead of stalling this thread and every
+	 * lookup in its directory until the lease breaks */
+	view_path(fs, loc, name, sizeof(name));
+	sf->fd = reopen(loc, O_RDONLY | O_NOCTTY | O_NONBLOCK);
+	if (sf->fd == -EWOULDBLOCK) {
+		ck_log(LOG_WARNING, "%s: the source is under a lease; not read until it is released", name);
+		return sf->fd;
+	}
 	if (sf->fd < 0)
 		return sf->fd;
-	if (fstat(sf->fd, &sf->st)) {
+	if (fcntl(sf->fd, F_SETFL, 0) /* blocking reads again */ || fstat(sf->fd, &sf->st)) {
 		int err = -errno;
 		close(sf->fd);
 		return err;
 	}
-	view_path(fs, loc, name, sizeof(name));
 	src = (struct ck_src){.fd = sf->fd, .size = (uint64_t)sf->st.st_size, .name = name};
 	key = ck_cache_key_of(&sf->st, fs->views[loc->view]);
+	key.unsettled = being_written(sf->fd);
 	sf->ent = ck_cache_get(fs->cache, &key, &src, &e);
 	if (!sf->ent) {
 		close(sf->fd);
 		return ck_log_err(name, &e);
+	}
+	if (key.unsettled && !is_passthrough(ck_cache_built(sf->ent))) {
+		close_source(fs, sf);
+		return -EBUSY;
 	}
 	return 0;
 }
@@ -259,26 +349,37 @@ static void view_attr(const struct stat *src, uint64_t id, const struct ck_built
 		out->st_size = (off_t)b->layout->size;
 }
 
+/* The node a located object is at the version st shows. */
+static void located_node(struct ck_fs *fs, const struct ck_located *loc, const struct stat *st,
+			 uint64_t ident, const struct ck_built *b, struct node_attr *na)
+{
+	view_attr(st, ck_nodes_id(fs->nodes, st, ident, loc->view), b, &na->attr);
+	na->generation = ck_nodes_generation(st, ident);
+	na->passthrough = b && is_passthrough(b);
+}
+
 /* A regular file's view is built here, so its size is exact before the
- * first read. A file the daemon may not read, or whose view failed to
- * build, keeps its source size: it stays visible and open says why not. */
-static int located_attr(struct ck_fs *fs, const struct ck_located *loc, uint64_t id, struct stat *attr)
+ * first read; its id is of the version the view was built from. A file the
+ * daemon may not read, or whose view failed to build, keeps its source
+ * size: it stays visible and open says why not. */
+static int located_attr(struct ck_fs *fs, const struct ck_located *loc, struct node_attr *na)
 {
 	struct source_file sf;
 	int err;
 
 	if (!S_ISREG(loc->st.st_mode)) {
-		view_attr(&loc->st, id, NULL, attr);
+		located_node(fs, loc, &loc->st, loc->ident, NULL, na);
 		return 0;
 	}
 	err = open_source(fs, loc, &sf);
-	if (err == -EACCES || err == -EPERM) {
-		view_attr(&loc->st, id, NULL, attr);
+	if (err == -EACCES || err == -EPERM || err == -EWOULDBLOCK || err == -EBUSY) {
+		located_node(fs, loc, err == -EBUSY ? &sf.st : &loc->st,
+			     err == -EBUSY ? loc->ident ^ UNSETTLED : loc->ident, NULL, na);
 		return 0;
 	}
 	if (err)
 		return err;
-	view_attr(&sf.st, id, ck_cache_built(sf.ent), attr);
+	located_node(fs, loc, &sf.st, loc->ident, ck_cache_built(sf.ent), na);
 	close_source(fs, &sf);
 	return 0;
 }
@@ -295,25 +396,39 @@ static int root_attr(struct ck_fs *fs, struct stat *attr)
 	return 0;
 }
 
-static int node_attr(struct ck_fs *fs, uint64_t id, struct stat *attr)
+static int open_version_attr(struct ck_fs *fs, uint64_t id, struct node_attr *na);
+
+/* A node at another version than its source now is answered from a file
+ * open at that version (the source was replaced), or as the source is now
+ * when both are no checkpoints (a log appended to); else it is stale. */
+static int node_attr(struct ck_fs *fs, uint64_t id, struct node_attr *na)
 {
 	struct ck_located loc;
+	bool passthrough;
 	int err;
 
-	if (id == FUSE_ROOT_ID)
-		return root_attr(fs, attr);
-	err = locate(fs, id, &loc);
-	if (err)
-		return err;
-	err = located_attr(fs, &loc, id, attr);
+	if (id == FUSE_ROOT_ID) {
+		na->generation = 0;
+		return root_attr(fs, &na->attr);
+	}
+	err = locate_latest(fs, id, &loc, &passthrough);
+	if (err < 0)
+		return err == -ESTALE ? open_version_attr(fs, id, na) : err;
+	err = located_attr(fs, &loc, na);
 	close(loc.fd);
-	return err;
+	if (err || na->attr.st_ino == id)
+		return err;
+	if (passthrough && na->passthrough) {
+		na->attr.st_ino = id;
+		return 0;
+	}
+	return open_version_attr(fs, id, na);
 }
 
 /* Takes a lookup reference on a node the table knows (or, may_find, one
  * it forgot) before reading its attributes, so a concurrent forget cannot
  * drop it in between. */
-static int ref_node(struct ck_fs *fs, uint64_t id, bool may_find, struct stat *attr)
+static int ref_node(struct ck_fs *fs, uint64_t id, bool may_find, struct node_attr *na)
 {
 	int err = ck_nodes_ref(fs->nodes, id);
 
@@ -321,16 +436,15 @@ static int ref_node(struct ck_fs *fs, uint64_t id, bool may_find, struct stat *a
 		err = ck_nodes_find_and_ref(fs->nodes, id);
 	if (err)
 		return err;
-	err = node_attr(fs, id, attr);
+	err = node_attr(fs, id, na);
 	if (err)
 		ck_nodes_forget(fs->nodes, id, 1);
 	return err;
 }
 
-static int lookup_child(struct ck_fs *fs, uint64_t parent, const char *name, struct stat *attr)
+static int lookup_child(struct ck_fs *fs, uint64_t parent, const char *name, struct node_attr *na)
 {
 	struct ck_located loc;
-	uint64_t id;
 	int err;
 
 	err = ck_nodes_locate_child(fs->nodes, parent, name, &loc);
@@ -338,10 +452,10 @@ static int lookup_child(struct ck_fs *fs, uint64_t parent, const char *name, str
 		err = ck_nodes_locate_child(fs->nodes, parent, name, &loc);
 	if (err)
 		return err;
-	id = ck_nodes_id(fs->nodes, &loc.st, loc.view);
-	err = located_attr(fs, &loc, id, attr);
+	err = located_attr(fs, &loc, na);
 	close(loc.fd);
-	return err ? err : ck_nodes_ref_child(fs->nodes, id, parent, name);
+	return err ? err : ck_nodes_ref_child(fs->nodes, na->attr.st_ino, parent, name, loc.ident,
+					      na->passthrough);
 }
 
 static int view_named(const struct ck_fs *fs, const char *name)
@@ -355,38 +469,39 @@ static int view_named(const struct ck_fs *fs, const char *name)
 /* "." and ".." are for NFS export: the kernel asks for "." of any node
  * (files too) whose inode it evicted while a file handle still names it,
  * and for ".." of a directory to connect a handle to the tree. */
-static int lookup(struct ck_fs *fs, uint64_t parent, const char *name, struct stat *attr)
+static int lookup(struct ck_fs *fs, uint64_t parent, const char *name, struct node_attr *na)
 {
 	uint64_t up;
 	int err, v;
 
 	if (strcmp(name, ".") == 0)
-		return ref_node(fs, parent, true, attr);
+		return ref_node(fs, parent, true, na);
 	if (strcmp(name, "..") == 0) {
 		err = ck_nodes_parent(fs->nodes, parent, &up);
 		if (adopted(fs, parent, err))
 			err = ck_nodes_parent(fs->nodes, parent, &up);
-		return err ? err : ref_node(fs, up, false, attr);
+		return err ? err : ref_node(fs, up, false, na);
 	}
 	if (parent == FUSE_ROOT_ID) {
 		v = view_named(fs, name);
-		return v < 0 ? -ENOENT : ref_node(fs, ck_nodes_view_root(fs->nodes, (unsigned)v), false, attr);
+		return v < 0 ? -ENOENT : ref_node(fs, ck_nodes_view_root(fs->nodes, (unsigned)v), false, na);
 	}
-	return lookup_child(fs, parent, name, attr);
+	return lookup_child(fs, parent, name, na);
 }
 
 static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct ck_fs *fs = fs_of(req);
-	struct fuse_entry_param e = {
-		.generation = GENERATION, .attr_timeout = TIMEOUT, .entry_timeout = TIMEOUT,
-	};
-	int err = lookup(fs, parent, name, &e.attr);
+	struct fuse_entry_param e = {.attr_timeout = TIMEOUT, .entry_timeout = TIMEOUT};
+	struct node_attr na;
+	int err = lookup(fs, parent, name, &na);
 
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
+	e.attr = na.attr;
+	e.generation = na.generation;
 	e.ino = e.attr.st_ino;
 	if (fuse_reply_entry(req, &e)) /* interrupted: the kernel took no reference */
 		ck_nodes_forget(fs->nodes, e.ino, 1);
@@ -405,15 +520,26 @@ static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 	fuse_reply_none(req);
 }
 
+static int open_file_attr(struct ck_fs *fs, struct open_file *of, struct stat *attr);
+static int open_file_of(struct ck_fs *fs, fuse_req_t req, uint64_t ino, uint64_t fh,
+			struct open_file **out);
+
+/* An open file answers from its own descriptor (the kernel passes it only
+ * for regular files): the version it opened keeps serving. */
 static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct stat attr;
-	int err = node_attr(fs_of(req), ino, &attr);
+	struct ck_fs *fs = fs_of(req);
+	struct open_file *of = NULL;
+	struct node_attr na;
+	int err = fi ? open_file_of(fs, req, ino, fi->fh, &of) : 0;
+
+	if (!err)
+		err = of ? open_file_attr(fs, of, &na.attr) : node_attr(fs, ino, &na);
 
 	if (err)
 		fuse_reply_err(req, -err);
 	else
-		fuse_reply_attr(req, &attr, TIMEOUT);
+		fuse_reply_attr(req, &na.attr, TIMEOUT);
 }
 
 /* The daemon never follows a link, the reader's kernel does. A target
@@ -448,7 +574,14 @@ static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 static void close_view_file(struct ck_fs *fs, struct open_file *of)
 {
 	close_source(fs, &of->src);
+	pthread_mutex_destroy(&of->lease_lock);
 	free(of);
+}
+
+static void put_view_file(struct ck_fs *fs, struct open_file *of)
+{
+	if (atomic_fetch_sub(&of->refs, 1) == 1)
+		close_view_file(fs, of);
 }
 
 static void release_view_file(struct ck_fs *fs, struct open_file *of)
@@ -456,19 +589,134 @@ static void release_view_file(struct ck_fs *fs, struct open_file *of)
 	pthread_mutex_lock(&fs->open_lock);
 	DL_DELETE(fs->open_files, of);
 	pthread_mutex_unlock(&fs->open_lock);
-	close_view_file(fs, of);
+	ck_fdquota_give(fs->fdq, of->uid);
+	put_view_file(fs, of);
 }
 
-static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out, bool *keep_cache)
+/* Whether the bytes of a file may have changed since st was taken. Its own
+ * rename or a chmod change ctime too, and cannot be told from a rewrite that
+ * restored mtime; a changed link count (the file replaced by rename, or
+ * unlinked) is not a rewrite. */
+static bool version_changed(const struct stat *was, const struct stat *now)
 {
-	const struct ck_cache_key *key;
-	struct ck_node_version version;
-	struct ck_located loc;
-	struct open_file *of;
+	return was->st_size != now->st_size || was->st_mtim.tv_sec != now->st_mtim.tv_sec ||
+	       was->st_mtim.tv_nsec != now->st_mtim.tv_nsec ||
+	       ((was->st_ctim.tv_sec != now->st_ctim.tv_sec ||
+		 was->st_ctim.tv_nsec != now->st_ctim.tv_nsec) && was->st_nlink == now->st_nlink);
+}
+
+/* EIO for an open file whose version is gone, logged once per open. */
+static int changed_while_open(struct open_file *of, const char *why)
+{
+	struct ck_err e;
+
+	if (atomic_flag_test_and_set(&of->told_changed))
+		return -EIO;
+	ck_err_set(&e, EIO, "%s; reopen to read the new version", why);
+	return ck_log_err(of->name, &e);
+}
+
+/* A file that was no checkpoint when opened reads as the source does (a log
+ * appended to), until the source becomes a checkpoint (once its writer has
+ * closed it): its raw bytes are then neither the source's view nor what
+ * was opened. */
+static int check_passthrough(struct ck_fs *fs, struct open_file *of, const struct stat *now)
+{
+	const struct ck_cache_key *was = ck_cache_entry_key(of->src.ent);
+	struct ck_src src = {.fd = of->src.fd, .size = (uint64_t)now->st_size, .name = of->name};
+	struct ck_cache_key key;
+	struct ck_cache_entry *ent;
+	struct ck_err e;
+	bool other;
+
+	if (!version_changed(&of->src.st, now) || being_written(of->src.fd))
+		return 0;
+	key = ck_cache_key_of(now, was->view);
+	ent = ck_cache_get(fs->cache, &key, &src, &e);
+	if (!ent)
+		return ck_log_err(of->name, &e);
+	other = is_passthrough(ck_cache_built(ent));
+	ck_cache_put(fs->cache, ent);
+	return other ? 0 : changed_while_open(of, "became a checkpoint while open");
+}
+
+/* The attributes of an open file: of the version it opened, or for a
+ * pass-through file, of the source now (a log grows). */
+static int open_file_attr(struct ck_fs *fs, struct open_file *of, struct stat *attr)
+{
+	struct stat now;
 	int err;
 
-	err = locate(fs, id, &loc);
-	if (err)
+	if (!of->passthrough) {
+		view_attr(&of->src.st, of->id, ck_cache_built(of->src.ent), attr);
+		return 0;
+	}
+	if (fstat(of->src.fd, &now))
+		return -errno;
+	err = check_passthrough(fs, of, &now);
+	if (!err)
+		view_attr(&now, of->id, NULL, attr);
+	return err;
+}
+
+/* A node no name leads to any more is answered from a file open at its
+ * version whose bytes are still that version (the source was replaced by
+ * rename or unlinked), or from a pass-through file as it is now; a
+ * checkpoint changed in place is stale. (The kernel asks without the file
+ * for fstat(2) too.) */
+static int open_version_attr(struct ck_fs *fs, uint64_t id, struct node_attr *na)
+{
+	struct open_file *of;
+	struct stat now;
+	int err = -ESTALE;
+
+	pthread_mutex_lock(&fs->open_lock);
+	DL_FOREACH(fs->open_files, of) {
+		if (of->id != id || fstat(of->src.fd, &now))
+			continue;
+		if (of->passthrough || !version_changed(&of->src.st, &now)) {
+			view_attr(of->passthrough ? &now : &of->src.st, id,
+				  of->passthrough ? NULL : ck_cache_built(of->src.ent), &na->attr);
+			na->generation = of->generation;
+			na->passthrough = of->passthrough;
+			err = 0;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&fs->open_lock);
+	return err;
+}
+
+/* Readers polling a file being written would fill the log: one line per
+ * version (the last one logged). */
+static int log_being_written(struct ck_fs *fs, const struct ck_located *loc, uint64_t id)
+{
+	static _Atomic uint64_t last_logged;
+	char name[VIEW_PATH_MAX];
+	struct ck_err e;
+
+	if (atomic_exchange(&last_logged, id) == id)
+		return -EIO;
+	view_path(fs, loc, name, sizeof(name));
+	ck_err_set(&e, EIO, "open for writing; it opens once its writer closes it");
+	return ck_log_err(name, &e);
+}
+
+/* Opens the version of the file node id names. When the source changed
+ * since the kernel looked it up, ESTALE makes the kernel look the name up
+ * again (the new version is a new node) and retry. A file that is no
+ * checkpoint, then and now, is opened as it is now (*moved: the kernel's
+ * size of it is old), so a log appended to all the time never fails. */
+static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out, bool *moved)
+{
+	const struct ck_built *b;
+	struct ck_located loc;
+	struct open_file *of;
+	bool passthrough;
+	int err;
+
+	err = locate_latest(fs, id, &loc, &passthrough);
+	if (err < 0)
 		return err;
 	if (!S_ISREG(loc.st.st_mode)) {
 		close(loc.fd);
@@ -478,42 +726,59 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out,
 	err = of ? open_source(fs, &loc, &of->src) : -ENOMEM;
 	if (!err)
 		view_path(fs, &loc, of->name, sizeof(of->name));
+	else if (err == -EBUSY)
+		err = log_being_written(fs, &loc, id);
+	if (err) {
+		close(loc.fd);
+		free(of);
+		return err == -EWOULDBLOCK ? -EIO : err;
+	}
+	b = ck_cache_built(of->src.ent);
+	pthread_mutex_init(&of->lease_lock, NULL);
+	of->id = id;
+	of->generation = ck_nodes_generation(&of->src.st, loc.ident);
+	of->passthrough = is_passthrough(b);
+	if (b->err.code) /* logged when it was built */
+		err = -EIO;
+	*moved = ck_nodes_id(fs->nodes, &of->src.st, loc.ident, loc.view) != id;
+	if (*moved ? !(passthrough && of->passthrough) : passthrough && !of->passthrough)
+		err = -ESTALE; /* a new node, or a view's size the kernel has not been told */
 	close(loc.fd);
 	if (err) {
-		free(of);
+		close_view_file(fs, of);
 		return err;
 	}
-	if (ck_cache_built(of->src.ent)->err.code) { /* logged when it was built */
-		close_view_file(fs, of);
-		return -EIO;
-	}
 	atomic_flag_clear(&of->told_changed);
-	key = ck_cache_entry_key(of->src.ent);
-	version = (struct ck_node_version){.size = key->size, .mtime_ns = key->mtime_ns};
-	*keep_cache = ck_nodes_reopened_unchanged(fs->nodes, id, &version);
+	atomic_init(&of->refs, 1);
 	*out = of;
 	return 0;
 }
 
 /* No direct_io: pages the kernel caches are what mmap maps, and keep_cache
- * keeps them across opens while the source is unchanged. */
+ * keeps them across opens: a node names one version, so they stay good.
+ * Except for a file that is no checkpoint opened at a newer version than
+ * its node: read past the kernel's cache and its old size. */
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ck_fs *fs = fs_of(req);
 	struct open_file *of;
-	bool keep_cache;
+	bool moved;
 	int err;
 
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	err = open_view_file(fs, ino, &of, &keep_cache);
+	err = ck_fdquota_take(fs->fdq, fuse_req_ctx(req)->uid);
+	if (!err && (err = open_view_file(fs, ino, &of, &moved)))
+		ck_fdquota_give(fs->fdq, fuse_req_ctx(req)->uid);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
-	fi->keep_cache = keep_cache;
+	of->uid = fuse_req_ctx(req)->uid;
+	fi->keep_cache = !moved;
+	fi->direct_io = moved;
 	pthread_mutex_lock(&fs->open_lock);
 	DL_APPEND(fs->open_files, of);
 	pthread_mutex_unlock(&fs->open_lock);
@@ -537,20 +802,28 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 }
 
 /* The file a read names. One opened before a take-over (ckptfs restart)
- * is opened again by its node id, once, and kept under the old handle. */
-static int open_file_of(struct ck_fs *fs, uint64_t ino, uint64_t fh, struct open_file **out)
+ * is opened again by its node id, once, and kept under the old handle: a
+ * node names one version, so a source changed since is ESTALE (or, never
+ * a checkpoint, read as it is now, as for any open). The reader's uid
+ * holds its descriptor. */
+static int open_file_of(struct ck_fs *fs, fuse_req_t req, uint64_t ino, uint64_t fh,
+			struct open_file **out)
 {
 	struct open_file *of = ck_handles_get(fs->handles, fh), *won;
-	bool keep_cache;
+	uid_t uid = fuse_req_ctx(req)->uid;
+	bool moved;
 	int err;
 
 	if (of || !fs->took_over) {
 		*out = of;
 		return of ? 0 : -EBADF;
 	}
-	err = open_view_file(fs, ino, &of, &keep_cache);
+	err = ck_fdquota_take(fs->fdq, uid);
+	if (!err && (err = open_view_file(fs, ino, &of, &moved)))
+		ck_fdquota_give(fs->fdq, uid);
 	if (err)
 		return err;
+	of->uid = uid;
 	pthread_mutex_lock(&fs->open_lock);
 	DL_APPEND(fs->open_files, of);
 	pthread_mutex_unlock(&fs->open_lock);
@@ -559,27 +832,6 @@ static int open_file_of(struct ck_fs *fs, uint64_t ino, uint64_t fh, struct open
 		release_view_file(fs, of);
 	*out = won;
 	return won ? 0 : -ENOMEM;
-}
-
-/* A source rewritten in place while open would turn the view into a mix of
- * old and new bytes at the old offsets: refuse to read instead. (A source
- * replaced by rename is fine: the descriptor keeps the old file.) */
-static int check_source_unchanged(struct open_file *of)
-{
-	const struct ck_cache_key *was = ck_cache_entry_key(of->src.ent);
-	struct ck_cache_key now;
-	struct stat st;
-	struct ck_err e;
-
-	if (fstat(of->src.fd, &st))
-		return -errno;
-	now = ck_cache_key_of(&st, was->view);
-	if (memcmp(&now, was, sizeof(now)) == 0)
-		return 0;
-	if (atomic_flag_test_and_set(&of->told_changed))
-		return -EIO;
-	ck_err_set(&e, EIO, "source changed while open; reopen to read the new version");
-	return ck_log_err(of->name, &e);
 }
 
 /* Source bytes go by splice from the source's page cache to the reader's:
@@ -594,47 +846,143 @@ static void reply_source(fuse_req_t req, int fd, size_t size, off_t off)
 	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 }
 
+/* Where a thread copies source bytes: grown to the largest request, freed
+ * when the thread ends. */
+static pthread_key_t copy_key;
+static pthread_once_t copy_once = PTHREAD_ONCE_INIT;
+
+struct copy_buf {
+	size_t cap;
+	char bytes[];
+};
+
+static void make_copy_key(void)
+{
+	(void)pthread_key_create(&copy_key, free);
+}
+
+static char *copy_buffer(size_t size)
+{
+	struct copy_buf *cb;
+
+	pthread_once(&copy_once, make_copy_key);
+	cb = pthread_getspecific(copy_key);
+	if (cb && cb->cap >= size)
+		return cb->bytes;
+	free(cb);
+	cb = malloc(sizeof(*cb) + size);
+	if (cb)
+		cb->cap = size;
+	(void)pthread_setspecific(copy_key, cb);
+	return cb ? cb->bytes : NULL;
+}
+
+static int pread_all(int fd, char *buf, size_t n, off_t off)
+{
+	while (n) {
+		ssize_t r = pread(fd, buf, n, off);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -EIO; /* shorter than its view: changed */
+		buf += r;
+		n -= (size_t)r;
+		off += r;
+	}
+	return 0;
+}
+
 /* Segments a read can take without allocating: a view is at most four
  * extents (records before data.pkl, data.pkl's record, the records after
  * it, the central directory), so a request spans at most that many. */
 #define READ_SEGMENTS 4
 
-/* One segment per extent that [off, off + size) touches: memory segments
- * point into the layout, source segments are spliced from the file. */
-static int reply_view(fuse_req_t req, int fd, const struct ck_layout *l, size_t size, off_t off)
+/* Segment ext of a read of [start, end): its length, and where its bytes
+ * are: *mem in the layout's memory, or else at *src_off in the source. */
+static size_t segment(const struct ck_layout *l, size_t ext, uint64_t start, uint64_t end,
+		      const uint8_t **mem, off_t *src_off)
 {
-	uint64_t start = (uint64_t)off, end;
-	size_t first, n;
+	const struct ck_extent *x = &l->ext[ext];
+	uint64_t from = x->off > start ? x->off : start;
+	uint64_t to = x->off + x->len < end ? x->off + x->len : end;
+
+	*mem = x->kind == CK_EXTENT_MEM ? l->mem + x->src_off + (from - x->off) : NULL;
+	*src_off = (off_t)(x->src_off + (from - x->off));
+	return (size_t)(to - from);
+}
+
+/* The version an open checkpoint still has, or EIO. */
+static int check_version(struct open_file *of)
+{
+	struct stat now;
+
+	if (fstat(of->src.fd, &now))
+		return -errno;
+	return version_changed(&of->src.st, &now) ? changed_while_open(of, "source changed while open") : 0;
+}
+
+/* Copies the source bytes, then checks the version: a write changes mtime
+ * or ctime before it changes bytes, so the same version after the copy
+ * means the copy is of that version. */
+static int reply_copied(fuse_req_t req, struct open_file *of, const struct ck_layout *l,
+			uint64_t start, uint64_t end, size_t first, size_t n)
+{
+	struct iovec local[READ_SEGMENTS], *iov = local;
+	char *buf = copy_buffer((size_t)(end - start));
+	int err = 0;
+
+	if (!buf || (n > READ_SEGMENTS && !(iov = malloc(n * sizeof(*iov)))))
+		return -ENOMEM;
+	for (size_t i = 0; i < n && !err; i++) {
+		const uint8_t *mem;
+		off_t src_off;
+
+		iov[i].iov_len = segment(l, first + i, start, end, &mem, &src_off);
+		iov[i].iov_base = mem ? (void *)mem : buf;
+		if (!mem) {
+			err = pread_all(of->src.fd, buf, iov[i].iov_len, src_off);
+			buf += iov[i].iov_len;
+		}
+	}
+	if (!err)
+		err = check_version(of);
+	if (!err)
+		fuse_reply_iov(req, iov, (int)n);
+	if (iov != local)
+		free(iov);
+	return err;
+}
+
+/* Splices the source bytes: the reader gets the source's pages themselves,
+ * moved or copied once the reply is written. Only under a read lease can
+ * no write change them meanwhile. */
+static int reply_spliced(fuse_req_t req, struct open_file *of, const struct ck_layout *l,
+			 uint64_t start, uint64_t end, size_t first, size_t n)
+{
 	struct {
 		struct fuse_bufvec bv;
 		struct fuse_buf more[READ_SEGMENTS - 1];
 	} local;
 	struct fuse_bufvec *bv = &local.bv;
+	int err = check_version(of);
 
-	if (start >= l->size || size == 0) {
-		fuse_reply_buf(req, NULL, 0);
-		return 0;
-	}
-	end = size < l->size - start ? start + size : l->size;
-	first = ck_layout_find(l, start);
-	n = ck_layout_find(l, end - 1) - first + 1;
+	if (err)
+		return err;
 	if (n > READ_SEGMENTS && !(bv = malloc(sizeof(*bv) + (n - 1) * sizeof(bv->buf[0]))))
 		return -ENOMEM;
 	memset(bv, 0, sizeof(*bv) + (n - 1) * sizeof(bv->buf[0]));
 	bv->count = n;
 	for (size_t i = 0; i < n; i++) {
-		const struct ck_extent *x = &l->ext[first + i];
-		uint64_t from = x->off > start ? x->off : start;
-		uint64_t to = x->off + x->len < end ? x->off + x->len : end;
 		struct fuse_buf *b = &bv->buf[i];
+		const uint8_t *mem;
 
-		b->size = (size_t)(to - from);
-		if (x->kind == CK_EXTENT_MEM) {
-			b->mem = l->mem + x->src_off + (from - x->off);
+		b->size = segment(l, first + i, start, end, &mem, &b->pos);
+		if (mem) {
+			b->mem = (void *)mem;
 		} else {
 			b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-			b->fd = fd;
-			b->pos = (off_t)(x->src_off + (from - x->off));
+			b->fd = of->src.fd;
 		}
 	}
 	fuse_reply_data(req, bv, FUSE_BUF_SPLICE_MOVE);
@@ -643,26 +991,84 @@ static int reply_view(fuse_req_t req, int fd, const struct ck_layout *l, size_t 
 	return 0;
 }
 
+/* A read lease on the source, shared by the threads reading one open file:
+ * none can be taken while a process has the file open for writing, and
+ * while it is held an open for writing waits. Not taken again once the
+ * kernel is breaking it for a writer, so that writer waits for the reads
+ * in flight only. */
+static bool lease_take(struct open_file *of)
+{
+	bool held;
+
+	pthread_mutex_lock(&of->lease_lock);
+	held = of->leases ? fcntl(of->src.fd, F_GETLEASE) == F_RDLCK
+			  : fcntl(of->src.fd, F_SETLEASE, F_RDLCK) == 0;
+	if (held)
+		of->leases++;
+	pthread_mutex_unlock(&of->lease_lock);
+	return held;
+}
+
+static void lease_drop(struct open_file *of)
+{
+	pthread_mutex_lock(&of->lease_lock);
+	if (--of->leases == 0)
+		(void)fcntl(of->src.fd, F_SETLEASE, F_UNLCK);
+	pthread_mutex_unlock(&of->lease_lock);
+}
+
+/* A checkpoint's reply is never assembled across a change: spliced under a
+ * read lease (no write can happen), else copied and then checked. */
+static int reply_view(fuse_req_t req, struct ck_fs *fs, struct open_file *of, const struct ck_layout *l,
+		      size_t size, off_t off)
+{
+	uint64_t start = (uint64_t)off, end;
+	size_t first, n;
+	int err;
+
+	if (start >= l->size || size == 0) {
+		fuse_reply_buf(req, NULL, 0);
+		return 0;
+	}
+	end = size < l->size - start ? start + size : l->size;
+	first = ck_layout_find(l, start);
+	n = ck_layout_find(l, end - 1) - first + 1;
+	if (!lease_take(of))
+		return reply_copied(req, of, l, start, end, first, n);
+	atomic_fetch_add(&of->refs, 1);
+	err = reply_spliced(req, of, l, start, end, first, n);
+	lease_drop(of);
+	put_view_file(fs, of);
+	return err;
+}
+
 /* A checkpoint is read whole by a loader that trusts its offsets: one
- * rewritten in place while open must fail rather than mix versions, even
- * when its view is the source unchanged. Other files (logs being appended
- * to) read as the source does. */
+ * rewritten in place while open fails rather than mix versions, even when
+ * its view is the source unchanged. Other files (logs being appended to)
+ * read as the source does. */
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct open_file *of;
 	const struct ck_built *b;
-	int err = open_file_of(fs_of(req), ino, fi->fh, &of);
+	struct ck_extent whole;
+	struct ck_layout unchanged;
+	struct stat now;
+	int err = open_file_of(fs_of(req), req, ino, fi->fh, &of);
 
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
 	b = ck_cache_built(of->src.ent);
-	err = b->format == CK_FORMAT_OTHER ? 0 : check_source_unchanged(of);
-	if (!err && !b->layout)
-		reply_source(req, of->src.fd, size, off);
-	else if (!err)
-		err = reply_view(req, of->src.fd, b->layout, size, off);
+	whole = (struct ck_extent){.len = (uint64_t)of->src.st.st_size, .kind = CK_EXTENT_SRC};
+	unchanged = (struct ck_layout){.size = whole.len, .n = 1, .ext = &whole};
+	if (of->passthrough) {
+		err = fstat(of->src.fd, &now) ? -errno : check_passthrough(fs_of(req), of, &now);
+		if (!err)
+			reply_source(req, of->src.fd, size, off);
+	} else {
+		err = reply_view(req, fs_of(req), of, b->layout ? b->layout : &unchanged, size, off);
+	}
 	if (err)
 		fuse_reply_err(req, -err);
 }
@@ -693,15 +1099,19 @@ static int open_dir(struct ck_fs *fs, uint64_t id, struct dir_handle **out)
 	return 0;
 }
 
-static void close_dir(struct dir_handle *d)
+/* What the daemon's end closes (ck_fs_free): no share to give back then. */
+static void drop_dir(void *obj)
 {
+	struct dir_handle *d = obj;
+
 	closedir(d->dp);
 	free(d);
 }
 
-static void drop_dir(void *d)
+static void close_dir(struct ck_fs *fs, struct dir_handle *d)
 {
-	close_dir(d);
+	ck_fdquota_give(fs->fdq, d->uid);
+	drop_dir(d);
 }
 
 /* The mount root's listing is made up; fh 0 stands for it. */
@@ -709,10 +1119,15 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	struct ck_fs *fs = fs_of(req);
 	struct dir_handle *d = NULL;
-	int err = ino == FUSE_ROOT_ID ? 0 : open_dir(fs, ino, &d);
+	uid_t uid = fuse_req_ctx(req)->uid;
+	int err = ino == FUSE_ROOT_ID ? 0 : ck_fdquota_take(fs->fdq, uid);
 
+	if (!err && ino != FUSE_ROOT_ID && (err = open_dir(fs, ino, &d)))
+		ck_fdquota_give(fs->fdq, uid);
+	if (d)
+		d->uid = uid;
 	if (!err && d && !(fi->fh = ck_handles_add(fs->dirs, d))) {
-		close_dir(d);
+		close_dir(fs, d);
 		err = -ENOMEM;
 	}
 	if (err) {
@@ -720,35 +1135,41 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		return;
 	}
 	if (fuse_reply_open(req, fi) && d) /* interrupted: no releasedir will come */
-		close_dir(ck_handles_take(fs->dirs, fi->fh));
+		close_dir(fs, ck_handles_take(fs->dirs, fi->fh));
 }
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct dir_handle *d = fi->fh ? ck_handles_take(fs_of(req)->dirs, fi->fh) : NULL;
+	struct ck_fs *fs = fs_of(req);
+	struct dir_handle *d = fi->fh ? ck_handles_take(fs->dirs, fi->fh) : NULL;
 
 	if (d)
-		close_dir(d);
+		close_dir(fs, d);
 	fuse_reply_err(req, 0);
 }
 
 /* A directory handle; like open_file_of for one opened before a take-over
  * (the offsets the kernel holds are the source directory's own cookies). */
-static int dir_of(struct ck_fs *fs, uint64_t ino, uint64_t fh, struct dir_handle **out)
+static int dir_of(struct ck_fs *fs, fuse_req_t req, uint64_t ino, uint64_t fh,
+		  struct dir_handle **out)
 {
 	struct dir_handle *d = ck_handles_get(fs->dirs, fh), *won;
+	uid_t uid = fuse_req_ctx(req)->uid;
 	int err;
 
 	if (d || !fs->took_over) {
 		*out = d;
 		return d ? 0 : -EBADF;
 	}
-	err = open_dir(fs, ino, &d);
+	err = ck_fdquota_take(fs->fdq, uid);
+	if (!err && (err = open_dir(fs, ino, &d)))
+		ck_fdquota_give(fs->fdq, uid);
 	if (err)
 		return err;
+	d->uid = uid;
 	won = ck_handles_adopt(fs->dirs, fh, d);
 	if (won != d)
-		close_dir(d);
+		close_dir(fs, d);
 	*out = won;
 	return won ? 0 : -ENOMEM;
 }
@@ -781,8 +1202,8 @@ static size_t fill_root(fuse_req_t req, struct ck_fs *fs, char *buf, size_t size
 }
 
 /* Reads the real directory on every call: nothing is listed from memory.
- * Entry inode numbers are the ids the entries will have (taking the
- * directory's device; they are advisory, lookup gives the real ones). */
+ * Entry inode numbers are advisory (taking the directory's device): a
+ * directory's id, a file's id without its version; lookup gives the real ones. */
 static int fill_dir(fuse_req_t req, struct ck_fs *fs, struct dir_handle *d, char *buf,
 		    size_t size, off_t off, size_t *used)
 {
@@ -793,17 +1214,14 @@ static int fill_dir(fuse_req_t req, struct ck_fs *fs, struct dir_handle *d, char
 		d->pending = NULL;
 	}
 	for (;;) {
-		struct stat where = {.st_dev = d->dev};
-
 		if (!d->pending) {
 			errno = 0;
 			d->pending = readdir(d->dp);
 			if (!d->pending)
 				return -errno;
 		}
-		where.st_ino = d->pending->d_ino;
 		if (!add_entry(req, buf, size, used, d->pending->d_name,
-			       ck_nodes_id(fs->nodes, &where, d->view),
+			       ck_nodes_entry_ino(fs->nodes, d->dev, d->pending->d_ino, d->view),
 			       DTTOIF(d->pending->d_type), d->pending->d_off))
 			return 0;
 		d->offset = d->pending->d_off;
@@ -826,7 +1244,7 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (fi->fh) {
 		struct dir_handle *d;
 
-		err = dir_of(fs, ino, fi->fh, &d);
+		err = dir_of(fs, req, ino, fi->fh, &d);
 		if (!err)
 			err = fill_dir(req, fs, d, buf, size, off, &used);
 	} else
@@ -869,7 +1287,27 @@ static void add_xattr(struct xattrs *xs, const char *name, const char *value)
 	xs->n++;
 }
 
-static int file_xattrs(struct ck_fs *fs, const struct ck_located *loc, struct xattrs *xs)
+/* Whether the requester may read a source file by its mode bits, as
+ * default_permissions decides for the view. */
+static bool may_read(fuse_req_t req, const struct stat *st)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	gid_t groups[64];
+	int n;
+
+	if (ctx->uid == 0 || ctx->uid == st->st_uid)
+		return ctx->uid == 0 || (st->st_mode & S_IRUSR);
+	if (ctx->gid == st->st_gid)
+		return st->st_mode & S_IRGRP;
+	n = fuse_req_getgroups(req, (int)(sizeof(groups) / sizeof(groups[0])), groups);
+	for (int i = 0; i < n && i < (int)(sizeof(groups) / sizeof(groups[0])); i++)
+		if (groups[i] == st->st_gid)
+			return st->st_mode & S_IRGRP;
+	return st->st_mode & S_IROTH;
+}
+
+/* The error of a file says what is inside it: only for who may read it. */
+static int file_xattrs(struct ck_fs *fs, fuse_req_t req, const struct ck_located *loc, struct xattrs *xs)
 {
 	const struct ck_built *b;
 	struct source_file sf;
@@ -879,13 +1317,13 @@ static int file_xattrs(struct ck_fs *fs, const struct ck_located *loc, struct xa
 		return err;
 	b = ck_cache_built(sf.ent);
 	add_xattr(xs, "user.ckptfs.format", ck_format_name(b->format));
-	if (b->err.code)
+	if (b->err.code && may_read(req, &sf.st))
 		add_xattr(xs, "user.ckptfs.error", b->err.msg);
 	close_source(fs, &sf);
 	return 0;
 }
 
-static int node_xattrs(struct ck_fs *fs, uint64_t id, struct xattrs *xs)
+static int node_xattrs(struct ck_fs *fs, fuse_req_t req, uint64_t id, struct xattrs *xs)
 {
 	struct ck_located loc;
 	char builds[32];
@@ -901,7 +1339,7 @@ static int node_xattrs(struct ck_fs *fs, uint64_t id, struct xattrs *xs)
 	if (err)
 		return err;
 	if (S_ISREG(loc.st.st_mode))
-		err = file_xattrs(fs, &loc, xs);
+		err = file_xattrs(fs, req, &loc, xs);
 	close(loc.fd);
 	return err;
 }
@@ -928,9 +1366,16 @@ static ssize_t source_acl(struct ck_fs *fs, uint64_t id, const char *name, void 
 	if (id == FUSE_ROOT_ID) {
 		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", ck_nodes_root_fd(fs->nodes));
 	} else {
-		int err = locate(fs, id, &loc);
+		bool passthrough;
+		int err = locate_latest(fs, id, &loc, &passthrough);
 
-		if (err)
+		/* An ACL is the file's, whatever its version. A node no file
+		 * answers to any more (replaced, or still being written) serves
+		 * no bytes: its open fails whatever the ACL says, so its mode
+		 * bits alone are checked. */
+		if (err == -ESTALE)
+			return -ENODATA;
+		if (err < 0)
 			return err;
 		if (S_ISLNK(loc.st.st_mode)) {
 			close(loc.fd);
@@ -993,7 +1438,7 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		fuse_reply_err(req, ENODATA);
 		return;
 	}
-	err = node_xattrs(fs_of(req), ino, &xs);
+	err = node_xattrs(fs_of(req), req, ino, &xs);
 
 	if (err) {
 		fuse_reply_err(req, -err);
@@ -1013,7 +1458,7 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	char names[256];
 	size_t len = 0;
 	struct xattrs xs;
-	int err = node_xattrs(fs_of(req), ino, &xs);
+	int err = node_xattrs(fs_of(req), req, ino, &xs);
 
 	if (err) {
 		fuse_reply_err(req, -err);

@@ -33,6 +33,12 @@ int ck_fs_add_source_path(struct ck_fs *fs, const char *path, struct ck_err *e);
  * epoch must exceed the predecessor's (whose first is 0). */
 int ck_fs_take_over(struct ck_fs *fs, uint32_t epoch);
 
+/* Once mounted at mountpoint (an absolute, resolved path): learns the
+ * mount's device from /proc/self/mountinfo (asking the mount itself would
+ * wait on this daemon), so that the mount is never entered as part of its
+ * own source. */
+void ck_fs_note_mount(struct ck_fs *fs, const char *mountpoint);
+
 /* Reads come in requests of at most CK_READ_PAGES pages: libfuse 3.14
  * splices a reply only if its per-thread pipe holds it with the header and
  * a page per segment, and without CAP_SYS_RESOURCE a pipe grows only to

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <uthash.h>
+#include "hash.h"
 
 json_t *ck_json_parse_object(const char *text, size_t n, const char *what, struct ck_err *e)
 {
@@ -148,7 +148,7 @@ static int rename_one(const struct ck_json_rename *r, struct name **names, struc
 		return ck_err_set(e, EIO, "%s offset %zu: tensors '%s' and '%s' would both be named '%.*s'", r->what,
 				  at, x->orig, key, (int)nl, slot->s);
 	HASH_ADD_KEYPTR(hh, *names, slot->s, nl, slot);
-	return 0;
+	return CK_HASH_ADD_FAILED(slot) ? ck_err_nomem(e) : 0;
 }
 
 int ck_json_rename_members(const struct ck_json_rename *r, const char *text, size_t n, size_t obj_at,

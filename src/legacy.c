@@ -12,12 +12,18 @@ static const uint8_t magic[] = {0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 
 #define PICKLES_BEFORE_OBJECT 3
 #define FIRST_WINDOW ((size_t)64 << 10)
 
+/* ... and as protocol 1 writes it (no PROTO): a text LONG. Protocol 0
+ * files torch itself cannot load. */
+static const char magic_text[] = "L119547037146038801333356L\n.";
+
 /* The first pickle is the magic number alone: PROTO (torch.save's
  * pickle_protocol, 2 to 5), a FRAME from protocol 4 on, LONG1, STOP. */
 bool ck_legacy_detect(const uint8_t *head, size_t n)
 {
 	size_t p = 2;
 
+	if (n >= sizeof(magic_text) - 1 && memcmp(head, magic_text, sizeof(magic_text) - 1) == 0)
+		return true;
 	if (n < 2 || head[0] != 0x80 || head[1] < 2 || head[1] > 5)
 		return false;
 	if (n > p && head[p] == 0x95)

@@ -15,15 +15,34 @@ void ck_log_to_syslog(void)
 	use_syslog = true;
 }
 
+void ck_log_escape(char *out, size_t size, const char *in)
+{
+	size_t o = 0;
+
+	for (; *in && o + 5 <= size; in++) {
+		unsigned char c = (unsigned char)*in;
+		if (c < 0x20 || c == 0x7f)
+			o += (size_t)snprintf(out + o, size - o, "\\x%02x", c);
+		else if (c == '\\')
+			o += (size_t)snprintf(out + o, size - o, "\\\\");
+		else
+			out[o++] = (char)c;
+	}
+	out[o < size ? o : size - 1] = 0;
+}
+
 void ck_vlog(int level, const char *fmt, va_list ap)
 {
-	char line[1024];
+	char line[1024], safe[4 * sizeof(line)];
 
 	vsnprintf(line, sizeof(line), fmt, ap);
+	/* names (of files, of keys) come from whoever writes the source: a
+	 * newline in one must not forge a log line */
+	ck_log_escape(safe, sizeof(safe), line);
 	if (use_syslog)
-		syslog(level, "%s", line);
+		syslog(level, "%s", safe);
 	else
-		fprintf(stderr, PACKAGE ": %s\n", line); /* one call: lines from threads never interleave */
+		fprintf(stderr, PACKAGE ": %s\n", safe); /* one call: lines from threads never interleave */
 }
 
 void ck_log(int level, const char *fmt, ...)

@@ -7,10 +7,12 @@
 #include <linux/openat2.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 /* A failed allocation inside uthash leaves the item out of the table
@@ -30,8 +32,8 @@ struct node {
 	uint64_t nchildren;  /* nodes in the table naming this one as parent */
 	unsigned view;
 	bool pinned;         /* the mount root and the view roots stay for the whole mount */
-	bool opened;
-	struct ck_node_version last_open;
+	bool passthrough;    /* a regular file that was no checkpoint */
+	uint64_t ident;      /* of the object, when known */
 	UT_hash_handle hh;
 };
 
@@ -42,6 +44,7 @@ struct ck_nodes {
 	dev_t root_dev;
 	ino_t root_ino;
 	unsigned nviews;
+	_Atomic dev_t self_dev; /* the mount's own device, once known; 0 before */
 };
 
 /* splitmix64's finalizer: every input bit reaches every output bit. */
@@ -52,24 +55,81 @@ static uint64_t mix64(uint64_t x)
 	return x ^ (x >> 31);
 }
 
-/* Readable ids ((ino << 4) | view + 1, below 2^63) for the source root's
- * device; a hash with the top bit set, so the two never meet, for objects
- * on other devices (mounts beneath the source) or with huge inode numbers. */
-static uint64_t id_of(const struct ck_nodes *t, dev_t dev, ino_t ino, unsigned view)
+uint64_t ck_nodes_ident(int dirfd, const char *name, int flags)
 {
-	if (dev == t->root_dev && (uint64_t)ino < UINT64_C(1) << 59)
-		return (uint64_t)ino << 4 | (view + 1);
-	return mix64(mix64(mix64((uint64_t)dev) ^ (uint64_t)ino) ^ view) | UINT64_C(1) << 63;
+	union {
+		struct file_handle fh;
+		unsigned char raw[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+	} h;
+	const unsigned char *bytes = h.raw + offsetof(struct file_handle, f_handle);
+	uint64_t x;
+	int mount_id;
+
+	h.fh.handle_bytes = MAX_HANDLE_SZ;
+	if (name_to_handle_at(dirfd, name, &h.fh, &mount_id, flags))
+		return 0;
+	x = mix64((uint64_t)(unsigned)h.fh.handle_type);
+	for (unsigned i = 0; i < h.fh.handle_bytes && i < MAX_HANDLE_SZ; i++)
+		x = mix64(x ^ bytes[i]);
+	return x;
 }
 
-uint64_t ck_nodes_id(const struct ck_nodes *t, const struct stat *st, unsigned view)
+static uint64_t ns(const struct timespec *ts)
 {
-	return id_of(t, st->st_dev, st->st_ino, view);
+	return (uint64_t)ts->tv_sec * 1000000000u + (uint64_t)ts->tv_nsec;
+}
+
+/* Which object and, for a regular file, which version of it: ctime counts,
+ * as no one can set it (a rewrite that restores mtime changes it). */
+static uint64_t version_of(const struct stat *st, uint64_t ident)
+{
+	uint64_t h = mix64(ident ^ UINT64_C(0x9e3779b97f4a7c15));
+
+	if (S_ISREG(st->st_mode)) {
+		h = mix64(h ^ (uint64_t)st->st_size);
+		h = mix64(h ^ ns(&st->st_mtim));
+		h = mix64(h ^ ns(&st->st_ctim));
+	}
+	return h;
+}
+
+/* Bits of a regular file's version in a readable id. */
+#define ID_VERSION_BITS 27
+
+/* Readable ids (ino << 31 | version bits << 4 | view + 1, below 2^63) for
+ * the source root's device; a hash with the top bit set, so the two never
+ * meet, for objects on other devices (mounts beneath the source) or with
+ * inode numbers of more than 32 bits. Version 0 for directories and the
+ * rest: their id stays while their content changes. */
+static uint64_t id_of(const struct ck_nodes *t, dev_t dev, ino_t ino, uint64_t version, unsigned view)
+{
+	if (dev == t->root_dev && (uint64_t)ino < UINT64_C(1) << 32)
+		return (uint64_t)ino << 31 | (version & ((UINT64_C(1) << ID_VERSION_BITS) - 1)) << 4 |
+		       (view + 1);
+	return mix64(mix64(mix64((uint64_t)dev) ^ (uint64_t)ino) ^ version ^ view) | UINT64_C(1) << 63;
+}
+
+uint64_t ck_nodes_id(const struct ck_nodes *t, const struct stat *st, uint64_t ident, unsigned view)
+{
+	return id_of(t, st->st_dev, st->st_ino, S_ISREG(st->st_mode) ? version_of(st, ident) : 0, view);
+}
+
+/* The bits of the version an id does not carry: together, 59 bits tell
+ * versions of one inode apart, and the generation alone tells objects that
+ * reuse an inode number apart. */
+uint32_t ck_nodes_generation(const struct stat *st, uint64_t ident)
+{
+	return (uint32_t)(version_of(st, ident) >> 32);
+}
+
+uint64_t ck_nodes_entry_ino(const struct ck_nodes *t, dev_t dev, ino_t ino, unsigned view)
+{
+	return id_of(t, dev, ino, 0, view);
 }
 
 uint64_t ck_nodes_view_root(const struct ck_nodes *t, unsigned view)
 {
-	return id_of(t, t->root_dev, t->root_ino, view);
+	return id_of(t, t->root_dev, t->root_ino, 0, view);
 }
 
 int ck_nodes_root_fd(const struct ck_nodes *t)
@@ -213,7 +273,7 @@ static void move(struct ck_nodes *t, struct node *n, struct node *parent, const 
 
 /* Called with the lock held. */
 static int remember(struct ck_nodes *t, uint64_t id, uint64_t parent_id, const char *name,
-		    uint64_t nlookup)
+		    uint64_t nlookup, uint64_t ident)
 {
 	struct node *parent = find(t, parent_id), *n;
 
@@ -228,15 +288,21 @@ static int remember(struct ck_nodes *t, uint64_t id, uint64_t parent_id, const c
 		parent->nchildren++;
 	}
 	n->nlookup += nlookup;
+	if (ident)
+		n->ident = ident;
 	return 0;
 }
 
-int ck_nodes_ref_child(struct ck_nodes *t, uint64_t id, uint64_t parent, const char *name)
+int ck_nodes_ref_child(struct ck_nodes *t, uint64_t id, uint64_t parent, const char *name,
+		       uint64_t ident, bool passthrough)
 {
+	struct node *n;
 	int err;
 
 	pthread_mutex_lock(&t->lock);
-	err = remember(t, id, parent, name, 1);
+	err = remember(t, id, parent, name, 1, ident);
+	if (!err && (n = find(t, id)))
+		n->passthrough = passthrough;
 	pthread_mutex_unlock(&t->lock);
 	return err;
 }
@@ -278,26 +344,10 @@ int ck_nodes_parent(struct ck_nodes *t, uint64_t id, uint64_t *parent)
 	return n ? 0 : -ESTALE;
 }
 
-bool ck_nodes_reopened_unchanged(struct ck_nodes *t, uint64_t id, const struct ck_node_version *v)
-{
-	struct node *n;
-	bool same = false;
-
-	pthread_mutex_lock(&t->lock);
-	n = find(t, id);
-	if (n) {
-		same = n->opened && n->last_open.size == v->size &&
-		       n->last_open.mtime_ns == v->mtime_ns;
-		n->last_open = *v;
-		n->opened = true;
-	}
-	pthread_mutex_unlock(&t->lock);
-	return same;
-}
-
 /* Called with the lock held. Writes the node's path relative to the source
  * root by walking up to its view root. */
-static int path_of(struct ck_nodes *t, uint64_t id, char *buf, size_t size, unsigned *view)
+static int path_of(struct ck_nodes *t, uint64_t id, char *buf, size_t size, unsigned *view,
+		   uint64_t *ident, bool *passthrough)
 {
 	struct node *n = find(t, id);
 	size_t len = 0, at;
@@ -305,6 +355,8 @@ static int path_of(struct ck_nodes *t, uint64_t id, char *buf, size_t size, unsi
 	if (!n || n->id == CK_NODES_ROOT_ID)
 		return -ESTALE;
 	*view = n->view;
+	*ident = n->ident;
+	*passthrough = n->passthrough;
 	for (const struct node *p = n; p->name; p = find(t, p->parent)) {
 		len += strlen(p->name) + 1;
 		if (len > size)
@@ -363,10 +415,36 @@ static int open_each_component(int dirfd, const char *path)
 	return fd;
 }
 
+void ck_nodes_set_self_dev(struct ck_nodes *t, dev_t dev)
+{
+	atomic_store(&t->self_dev, dev);
+}
+
+/* Whether dev is this mount's own: seen in the source through a bind
+ * mount with shared propagation, entering it would have the daemon wait
+ * on itself, one thread more at each level, until none is left. */
+static bool is_self(struct ck_nodes *t, dev_t dev)
+{
+	dev_t self = atomic_load(&t->self_dev);
+	return self != 0 && dev == self;
+}
+
+/* The device of an open object without asking its file system (for our own
+ * mount that would be a request to ourselves). */
+static dev_t dev_of(int fd)
+{
+	struct statx stx;
+
+	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, 0, &stx))
+		return 0;
+	return makedev(stx.stx_dev_major, stx.stx_dev_minor);
+}
+
 /* Opens path beneath dirfd as an O_PATH descriptor, never following a
  * symlink, so a source tree changing under us cannot lead the daemon
- * elsewhere. A symlink as the last component is opened itself. */
-static int open_beneath(int dirfd, const char *path, struct ck_located *loc)
+ * elsewhere. A symlink as the last component is opened itself; this
+ * mount itself (in the source through an alias) is refused: ELOOP. */
+static int open_beneath(struct ck_nodes *t, int dirfd, const char *path, struct ck_located *loc)
 {
 	static atomic_bool no_openat2;
 	int fd = -ENOSYS;
@@ -379,11 +457,16 @@ static int open_beneath(int dirfd, const char *path, struct ck_located *loc)
 	}
 	if (fd < 0)
 		return fd;
+	if (is_self(t, dev_of(fd))) {
+		close(fd);
+		return -ELOOP;
+	}
 	if (fstat(fd, &loc->st)) {
 		int err = -errno;
 		close(fd);
 		return err;
 	}
+	loc->ident = ck_nodes_ident(fd, "", AT_EMPTY_PATH);
 	loc->fd = fd;
 	return 0;
 }
@@ -395,23 +478,39 @@ static int stale_if_moved(int err)
 	return err == -ENOENT || err == -ENOTDIR || err == -ELOOP || err == -EXDEV ? -ESTALE : err;
 }
 
-int ck_nodes_locate(struct ck_nodes *t, uint64_t id, struct ck_located *loc)
+int ck_nodes_locate_latest(struct ck_nodes *t, uint64_t id, struct ck_located *loc, bool *passthrough)
 {
+	uint64_t ident;
 	int err;
 
 	pthread_mutex_lock(&t->lock);
-	err = path_of(t, id, loc->path, sizeof(loc->path), &loc->view);
+	err = path_of(t, id, loc->path, sizeof(loc->path), &loc->view, &ident, passthrough);
 	pthread_mutex_unlock(&t->lock);
 	if (err)
 		return err;
-	err = open_beneath(t->root_fd, loc->path, loc);
+	err = open_beneath(t, t->root_fd, loc->path, loc);
 	if (err)
 		return stale_if_moved(err);
-	if (ck_nodes_id(t, &loc->st, loc->view) != id) {
+	if (ck_nodes_id(t, &loc->st, loc->ident, loc->view) == id)
+		return 0;
+	/* the same file (its number on a readable id, its handle) at another version */
+	if (S_ISREG(loc->st.st_mode) && loc->ident == ident &&
+	    (id >> 63 || (uint64_t)loc->st.st_ino == id >> 31))
+		return CK_NODES_CHANGED;
+	close(loc->fd);
+	return -ESTALE;
+}
+
+int ck_nodes_locate(struct ck_nodes *t, uint64_t id, struct ck_located *loc)
+{
+	bool passthrough;
+	int err = ck_nodes_locate_latest(t, id, loc, &passthrough);
+
+	if (err == CK_NODES_CHANGED) {
 		close(loc->fd);
 		return -ESTALE;
 	}
-	return 0;
+	return err;
 }
 
 int ck_nodes_locate_child(struct ck_nodes *t, uint64_t parent, const char *name,
@@ -423,7 +522,7 @@ int ck_nodes_locate_child(struct ck_nodes *t, uint64_t parent, const char *name,
 	err = ck_nodes_locate(t, parent, &dir);
 	if (err)
 		return err;
-	err = open_beneath(dir.fd, name, loc);
+	err = open_beneath(t, dir.fd, name, loc);
 	close(dir.fd);
 	if (err)
 		return err;
@@ -447,13 +546,17 @@ struct search {
 	struct { dev_t dev; ino_t ino; } at[PATH_MAX / 2]; /* each component of path */
 	size_t depth;
 	unsigned view;                        /* of the match */
+	uint64_t ident;                       /* of the match */
 };
 
-static bool matches(struct search *s, const struct stat *st)
+static bool matches(struct search *s, int dirfd, const char *name, const struct stat *st)
 {
+	uint64_t ident = ck_nodes_ident(dirfd, name, 0);
+
 	for (unsigned v = 0; v < s->t->nviews; v++) {
-		if (ck_nodes_id(s->t, st, v) == s->id) {
+		if (ck_nodes_id(s->t, st, ident, v) == s->id) {
 			s->view = v;
+			s->ident = ident;
 			return true;
 		}
 	}
@@ -465,10 +568,16 @@ static bool worth_a_stat(const struct search *s, const struct dirent *de)
 {
 	bool hashed = s->id >> 63;
 
-	return hashed || de->d_type == DT_DIR || de->d_type == DT_UNKNOWN || de->d_ino == s->id >> 4;
+	return hashed || de->d_type == DT_DIR || de->d_type == DT_UNKNOWN || de->d_ino == s->id >> 31;
 }
 
 static bool search_dir(struct search *s, int fd, size_t len);
+
+/* Spares a file handle for directories passed on the way. */
+static bool hashed_or_same_ino(const struct search *s, const struct stat *st)
+{
+	return s->id >> 63 || (uint64_t)st->st_ino == s->id >> 31;
+}
 
 /* Visits one entry of the directory at s->path (len bytes). */
 static bool search_entry(struct search *s, int dirfd, const char *name, size_t len)
@@ -486,9 +595,9 @@ static bool search_entry(struct search *s, int dirfd, const char *name, size_t l
 	s->at[s->depth].dev = st.st_dev;
 	s->at[s->depth].ino = st.st_ino;
 	s->depth++;
-	if (matches(s, &st))
+	if ((hashed_or_same_ino(s, &st)) && matches(s, dirfd, name, &st))
 		return true;
-	if (S_ISDIR(st.st_mode) &&
+	if (S_ISDIR(st.st_mode) && !is_self(s->t, st.st_dev) &&
 	    (fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) >= 0 &&
 	    search_dir(s, fd, sub_len))
 		return true;
@@ -526,12 +635,13 @@ static int remember_found(struct ck_nodes *t, struct search *s)
 
 	for (size_t i = 0; i < s->depth; i++) {
 		char *slash = strchr(name, '/');
-		uint64_t id = id_of(t, s->at[i].dev, s->at[i].ino, s->view);
+		bool last = i + 1 == s->depth;
+		uint64_t id = last ? s->id : id_of(t, s->at[i].dev, s->at[i].ino, 0, s->view);
 		int err;
 
 		if (slash)
 			*slash = '\0';
-		err = remember(t, id, parent, name, i + 1 == s->depth);
+		err = remember(t, id, parent, name, last, last ? s->ident : 0);
 		if (err) {
 			drop_unused(t, find(t, parent));
 			return err;

@@ -1,8 +1,13 @@
 /* Node ids and the source objects they stand for.
  *
- * An id is derived from the object (its view and source dev+ino), never
- * from lookup order, so it is the same after a remount and never reused
- * for another object while that one exists: NFS file handles stay valid.
+ * An id, with its generation, names one version of one source object
+ * forever: it is derived from the object (its view, dev+ino, and its file
+ * handle, which tells apart inodes that reuse a number) and, for a regular
+ * file, its version (size, mtime, ctime), never from lookup order. So it is
+ * the same after a remount (NFS file handles stay valid), a file changed in
+ * place or replaced gets a new id (its own inode and page cache in the
+ * kernel), and an old handle is ESTALE, never another file or version.
+ * Directories keep their id while their entries change.
  * The table maps the ids the kernel holds to where the object was last
  * found (parent id + name); paths are resolved beneath the source root
  * without ever following a symlink, and checked against the id. */
@@ -28,8 +33,23 @@ void ck_nodes_free(struct ck_nodes *t);
 
 int ck_nodes_root_fd(const struct ck_nodes *t);
 
-/* The id of a source object seen through a view. */
-uint64_t ck_nodes_id(const struct ck_nodes *t, const struct stat *st, unsigned view);
+/* The device of the mount serving the table: a directory of the source on
+ * it (the mount itself, seen through an alias of the source) is never
+ * entered. */
+void ck_nodes_set_self_dev(struct ck_nodes *t, dev_t dev);
+
+/* What tells a source object from another that reused its inode number: a
+ * hash of its file handle (name_to_handle_at), 0 where the file system has
+ * none. For an O_PATH descriptor, name "" and AT_EMPTY_PATH. */
+uint64_t ck_nodes_ident(int dirfd, const char *name, int flags);
+
+/* The id of a source object (at the version st shows) seen through a view,
+ * and the generation that goes with it. */
+uint64_t ck_nodes_id(const struct ck_nodes *t, const struct stat *st, uint64_t ident, unsigned view);
+uint32_t ck_nodes_generation(const struct stat *st, uint64_t ident);
+/* The inode number a listing shows for an entry: the id of a directory, an
+ * advisory number for other entries (their id depends on their version). */
+uint64_t ck_nodes_entry_ino(const struct ck_nodes *t, dev_t dev, ino_t ino, unsigned view);
 /* The id of a view directory: the source root seen through that view. */
 uint64_t ck_nodes_view_root(const struct ck_nodes *t, unsigned view);
 
@@ -38,6 +58,7 @@ uint64_t ck_nodes_view_root(const struct ck_nodes *t, unsigned view);
 struct ck_located {
 	int fd;
 	struct stat st;
+	uint64_t ident;       /* ck_nodes_ident() */
 	unsigned view;
 	char path[PATH_MAX];  /* relative to the source root; "." for the root */
 };
@@ -45,6 +66,11 @@ struct ck_located {
 /* Finds node id (not the mount root). -ESTALE when the id is unknown or no
  * longer names the object at its path. */
 int ck_nodes_locate(struct ck_nodes *t, uint64_t id, struct ck_located *loc);
+/* The same, except that where the node's path holds its regular file at
+ * another version (changed in place), it returns CK_NODES_CHANGED with loc
+ * filled and says whether the node was recorded as a pass-through file. */
+#define CK_NODES_CHANGED 1
+int ck_nodes_locate_latest(struct ck_nodes *t, uint64_t id, struct ck_located *loc, bool *passthrough);
 /* Finds `name` (a single component, not "." or "..") in directory node
  * parent (not the mount root). */
 int ck_nodes_locate_child(struct ck_nodes *t, uint64_t parent, const char *name,
@@ -52,8 +78,10 @@ int ck_nodes_locate_child(struct ck_nodes *t, uint64_t parent, const char *name,
 
 /* Lookup counts: every entry replied to the kernel takes one reference,
  * every forget drops some; a node leaves the table when the kernel holds
- * none and no remembered node lies beneath it. */
-int ck_nodes_ref_child(struct ck_nodes *t, uint64_t id, uint64_t parent, const char *name);
+ * none and no remembered node lies beneath it. A pass-through node (a file
+ * that was no checkpoint) may be served at its latest version. */
+int ck_nodes_ref_child(struct ck_nodes *t, uint64_t id, uint64_t parent, const char *name,
+		       uint64_t ident, bool passthrough);
 int ck_nodes_ref(struct ck_nodes *t, uint64_t id);
 /* For an id the table has forgotten that the kernel still has in a file
  * handle (NFS export): searches the source tree for it, remembers where,
@@ -63,14 +91,5 @@ void ck_nodes_forget(struct ck_nodes *t, uint64_t id, uint64_t nlookup);
 
 /* The directory a node was found in; the mount root is its own parent. */
 int ck_nodes_parent(struct ck_nodes *t, uint64_t id, uint64_t *parent);
-
-/* Records that a node was opened at this version of its source; returns
- * whether it is the version of the previous open, i.e. whether pages the
- * kernel cached then are still good. */
-struct ck_node_version {
-	uint64_t size;
-	int64_t mtime_ns;
-};
-bool ck_nodes_reopened_unchanged(struct ck_nodes *t, uint64_t id, const struct ck_node_version *v);
 
 #endif

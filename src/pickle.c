@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <uthash.h>
+#include "hash.h"
 
 /* ---- opcodes ---------------------------------------------------------- */
 
@@ -80,8 +80,8 @@ struct seq {
 
 struct op {
 	uint32_t pos, len;
-	uint32_t aux;  /* string push: its object; memo get: slot object; memo put: pushing op of the top */
-	uint32_t memo; /* memo index of a get or put */
+	uint32_t aux;  /* string push: its object; memo get, DUP: the object; memo put: pushing op of the top */
+	uint32_t memo; /* memo index of a get or put; DUP: the op that pushed what it copies */
 };
 
 struct slot { uint32_t obj; uint32_t op; }; /* stack entry: value and the op that pushed it */
@@ -518,19 +518,19 @@ static int step(struct machine *m, uint32_t i)
 		m->objs[id].flags = classify_global(a, ml, nl + 1, nlen);
 		return push(m, id, i);
 	}
-	case 0x93: { /* STACK_GLOBAL */
-		struct obj *mod, *name;
+	case 0x93: { /* STACK_GLOBAL; copies, not pointers: new_obj() may move m->objs */
+		struct obj mod, name;
 		if (need(m, i, 2))
 			return -1;
-		mod = &m->objs[m->stack[m->sp - 2].obj];
-		name = &m->objs[m->stack[m->sp - 1].obj];
-		if (mod->kind != K_STR || name->kind != K_STR)
+		mod = m->objs[m->stack[m->sp - 2].obj];
+		name = m->objs[m->stack[m->sp - 1].obj];
+		if (mod.kind != K_STR || name.kind != K_STR)
 			return fail(m, i, "STACK_GLOBAL needs two strings");
 		m->sp -= 2;
 		id = new_obj(m, K_GLOBAL, 0, 0);
 		if (id == NONE_ID)
 			return ck_err_nomem(m->e);
-		m->objs[id].flags = classify_global(m->in + mod->a, mod->b, m->in + name->a, name->b);
+		m->objs[id].flags = classify_global(m->in + mod.a, mod.b, m->in + name.a, name.b);
 		return push(m, id, i);
 	}
 	case 'h': case 'j': case 'g':
@@ -551,9 +551,11 @@ static int step(struct machine *m, uint32_t i)
 			return -1;
 		m->sp = base;
 		return 0;
-	case '2': /* DUP */
+	case '2': /* DUP: the emitter needs what it copies, which a rename may change */
 		if (need(m, i, 1))
 			return -1;
+		m->ops[i].aux = m->stack[m->sp - 1].obj;
+		m->ops[i].memo = m->stack[m->sp - 1].op;
 		return push(m, m->stack[m->sp - 1].obj, i);
 	case '}':
 		if ((id = new_dict(m)) == NONE_ID)
@@ -646,19 +648,19 @@ static int step(struct machine *m, uint32_t i)
 		m->sp--;
 		return push(m, NONE_ID, i);
 	case 0x81: case 'R': { /* NEWOBJ, REDUCE: callable, args */
-		struct obj *fn, *args;
+		struct obj fn, args; /* copies: new_obj() may move m->objs */
 		if (need(m, i, 2))
 			return -1;
-		fn = &m->objs[m->stack[m->sp - 2].obj];
-		args = &m->objs[m->stack[m->sp - 1].obj];
+		fn = m->objs[m->stack[m->sp - 2].obj];
+		args = m->objs[m->stack[m->sp - 1].obj];
 		m->sp -= 2;
-		if (fn->kind == K_GLOBAL && (fn->flags & G_TENSOR) && c == 'R') {
+		if (fn.kind == K_GLOBAL && (fn.flags & G_TENSOR) && c == 'R') {
 			if ((id = new_obj(m, K_TENSOR, 0, 0)) == NONE_ID)
 				return ck_err_nomem(m->e);
 			return push(m, id, i);
 		}
-		if (fn->kind == K_GLOBAL && (fn->flags & G_ODICT) && args->kind == K_SEQ &&
-		    m->seqs[args->a].n == 0) {
+		if (fn.kind == K_GLOBAL && (fn.flags & G_ODICT) && args.kind == K_SEQ &&
+		    m->seqs[args.a].n == 0) {
 			if ((id = new_dict(m)) == NONE_ID)
 				return ck_err_nomem(m->e);
 			m->dicts[m->objs[id].a].odict = true;
@@ -672,19 +674,19 @@ static int step(struct machine *m, uint32_t i)
 		m->sp -= 3;
 		return push(m, NONE_ID, i);
 	case 'b': { /* BUILD: the _metadata of a state dict arrives here */
-		struct obj *target, *state;
+		struct obj target, state;
 		if (need(m, i, 2))
 			return -1;
-		state = &m->objs[m->stack[m->sp - 1].obj];
-		target = &m->objs[m->stack[m->sp - 2].obj];
+		state = m->objs[m->stack[m->sp - 1].obj];
+		target = m->objs[m->stack[m->sp - 2].obj];
 		m->sp--;
-		if (target->kind == K_DICT && m->dicts[target->a].odict && state->kind == K_DICT) {
-			const struct dict *s = &m->dicts[state->a];
+		if (target.kind == K_DICT && m->dicts[target.a].odict && state.kind == K_DICT) {
+			const struct dict *s = &m->dicts[state.a];
 			for (uint32_t k = 0; k < s->n; k++) {
 				const struct obj *key = &m->objs[s->items[k].key];
 				if (key->kind == K_STR && key->b == 9 && memcmp(m->in + key->a, "_metadata", 9) == 0 &&
 				    m->objs[s->items[k].val].kind == K_DICT)
-					m->dicts[target->a].meta = s->items[k].val;
+					m->dicts[target.a].meta = s->items[k].val;
 			}
 		}
 		return 0;
@@ -829,6 +831,7 @@ struct plan {
 	struct str *val;  /* per op: the string it pushes in the output, when it differs */
 	uint8_t *ins;     /* per op: insert the wrapper's ('', {'version': 1}) before it */
 	bool any;
+	uint64_t max_out; /* the output's bound (CK_PICKLE_GROWTH in pickle.h) */
 };
 
 struct seen_key {
@@ -840,7 +843,8 @@ struct seen_key {
 
 static bool key_op_rewritable(uint8_t c)
 {
-	return c == 'X' || c == 'T' || c == 'U' || c == 0x8c || c == 0x8d || c == 'h' || c == 'j' || c == 'g';
+	return c == 'X' || c == 'T' || c == 'U' || c == 0x8c || c == 0x8d || c == 'h' || c == 'j' || c == 'g' ||
+	       c == '2';
 }
 
 static bool same(const char *a, size_t al, const uint8_t *b, size_t bl)
@@ -885,6 +889,8 @@ static int check_collisions(struct machine *m, const struct dict *d, const struc
 		}
 		all[k] = (struct seen_key){.s = names[k].s, .len = names[k].len, .orig = d->items[k].key};
 		HASH_ADD_KEYPTR(hh, set, all[k].s, all[k].len, &all[k]);
+		if (CK_HASH_ADD_FAILED(&all[k]))
+			rc = ck_err_nomem(m->e);
 	}
 	HASH_ITER(hh, set, x, tmp) HASH_DEL(set, x);
 	free(all);
@@ -901,6 +907,7 @@ static int assign(struct machine *m, struct plan *p, const struct dict *d, struc
 		if (!key_op_rewritable(m->in[m->ops[it->key_op].pos]))
 			return fail(m, it->key_op, "state-dict key is neither a string nor a memo reference");
 		free(p->val[it->key_op].s);
+		p->max_out += names[k].len + 5u;
 		p->val[it->key_op] = names[k];
 		names[k].s = NULL;
 		p->any = true;
@@ -1021,7 +1028,7 @@ static int emit(struct machine *m, struct plan *p, struct ck_buf *out)
 	do {                                                           \
 		ck_buf_append(out, m->in + from, (end) - from);        \
 	} while (0)
-	for (uint32_t i = 0; i < m->nops; i++) {
+	for (uint32_t i = 0; i < m->nops && out->len <= p->max_out; i++) {
 		const struct op *o = &m->ops[i];
 		uint8_t c = m->in[o->pos];
 
@@ -1035,11 +1042,14 @@ static int emit(struct machine *m, struct plan *p, struct ck_buf *out)
 			FLUSH_TO(o->pos);
 			from = o->pos + o->len;
 			break;
-		case 'h': case 'j': case 'g': {
+		case 'h': case 'j': case 'g': case '2': {
+			/* a copy (from the memo, or DUP of the op below) of a string
+			 * that the output now holds in another form than wanted here */
 			const struct obj *s = &m->objs[o->aux];
 			struct str orig = {(char *)m->in + s->a, s->b};
 			struct str want = p->val[i].s ? p->val[i] : orig;
-			struct str cur = slot[o->memo].s ? slot[o->memo] : orig;
+			struct str held = c == '2' ? p->val[o->memo] : slot[o->memo];
+			struct str cur = held.s ? held : orig;
 
 			if (s->kind != K_STR)
 				break;
@@ -1061,11 +1071,17 @@ static int emit(struct machine *m, struct plan *p, struct ck_buf *out)
 			}
 		}
 	}
-	FLUSH_TO(m->n);
+	if (out->len <= p->max_out) /* else stopped where it went past */
+		FLUSH_TO(m->n);
 #undef FLUSH_TO
 	big_free(slot, (size_t)m->nmemo * sizeof(*slot));
 	if (out->failed)
 		return ck_err_nomem(m->e);
+	if (out->len > p->max_out)
+		return ck_err_set(m->e, EIO,
+				  "pickle offset %zu: the view's pickle would be larger than %llu bytes (twice the "
+				  "source's + 1 MiB + the renamed keys): a string copied over and over",
+				  from, (unsigned long long)p->max_out);
 	return 0;
 }
 
@@ -1089,7 +1105,7 @@ enum ck_pickle_result ck_pickle_rewrite(const uint8_t *in, size_t n, const struc
 					struct ck_buf *out, struct ck_err *e)
 {
 	struct machine m = {.in = in, .n = n, .e = e};
-	struct plan p = {0};
+	struct plan p = {.max_out = 2 * (uint64_t)n + CK_PICKLE_GROWTH};
 	enum ck_pickle_result r = CK_PICKLE_ERROR;
 
 	if (tokenize(&m) || run(&m) || find_state_dicts(&m, m.stack[m.sp - 1].obj))

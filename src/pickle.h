@@ -24,6 +24,11 @@ enum ck_pickle_result {
 #define CK_PICKLE_MAX_BYTES ((size_t)1 << 30)
 #define CK_PICKLE_MAX_OPS ((uint32_t)1 << 23)
 
+/* A rewritten pickle holds at most 2 x the source's bytes + CK_PICKLE_GROWTH
+ * + each renamed key written out once more: a memo string fetched many
+ * times, which the view must spell out at each place, cannot multiply it. */
+#define CK_PICKLE_GROWTH ((uint64_t)1 << 20)
+
 /* The length of the pickle at the start of in (through its STOP), or 0 with
  * e set; *short_input tells the bytes ended before STOP. */
 size_t ck_pickle_span(const uint8_t *in, size_t n, bool *short_input, struct ck_err *e);

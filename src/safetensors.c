@@ -14,10 +14,18 @@ bool ck_safetensors_detect(const uint8_t *head, size_t n, uint64_t file_size)
 {
 	uint64_t len;
 
+	size_t p = 8;
+
 	if (n < 9)
 		return false;
 	len = ck_le64(head);
-	return len >= 2 && len <= CK_SAFETENSORS_MAX_HEADER && len <= file_size - 8 && head[8] == '{';
+	if (len < 2 || len > CK_SAFETENSORS_MAX_HEADER || len > file_size - 8)
+		return false;
+	/* the reader's JSON parser skips leading whitespace; a header that is
+	 * whitespace as far as the head goes is judged by parsing it whole */
+	while (p < n && p - 8 < len && (head[p] == ' ' || head[p] == '\t' || head[p] == '\n' || head[p] == '\r'))
+		p++;
+	return p == n || (p - 8 < len && head[p] == '{');
 }
 
 /* ---- validation, as the reference reader does it ------------------------- */

@@ -14,7 +14,8 @@
 /* The reference reader's bound on the header. */
 #define CK_SAFETENSORS_MAX_HEADER ((uint64_t)100000000)
 
-/* Whether the first 9 bytes open a safetensors file of file_size bytes. */
+/* Whether head, the file's first n bytes (9 to a page), opens a
+ * safetensors file of file_size bytes. */
 bool ck_safetensors_detect(const uint8_t *head, size_t n, uint64_t file_size);
 
 int ck_safetensors_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,

@@ -203,6 +203,8 @@ static int load_filters(struct ck_err *e)
 static const int kept_caps[] = {
 	CAP_DAC_READ_SEARCH, /* read every source file and directory, open_by_handle_at */
 	CAP_SYS_RESOURCE,    /* pipes for splice beyond the per-user pipe budget */
+	CAP_LEASE,           /* read leases on any user's source: a file open for writing is
+				seen, a reply is spliced only while no writer can start */
 	/* not CAP_SYS_ADMIN: unmounting is the unmounter's; a fanotify mark of
 	 * a whole mount or file system would need it back */
 };

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <zlib.h>
 #include "pickle.h"
 
@@ -44,12 +45,24 @@ struct archive {
 	size_t n;
 	uint8_t *comment;             /* the archive comment, kept */
 	uint16_t comment_len;
+	const char *refusal;          /* what torch's reader refuses in the end records, or NULL */
+	uint64_t refusal_at;
 	struct ck_err *e;
 };
 
 static int bad(struct archive *a, uint64_t off, const char *what)
 {
 	return ck_err_set(a->e, EIO, "zip offset %llu: %s", (unsigned long long)off, what);
+}
+
+/* Notes a rule of torch's reader that the archive breaks: an error only
+ * once the archive is known to be a checkpoint (any zip may break them). */
+static void refuse(struct archive *a, uint64_t off, const char *what)
+{
+	if (!a->refusal) {
+		a->refusal = what;
+		a->refusal_at = off;
+	}
 }
 
 /* ---- reading ------------------------------------------------------------ */
@@ -106,10 +119,8 @@ static int read_end(struct archive *a, uint64_t *n_entries)
 			rc = bad(a, z, "zip64 end record signature missing");
 			goto out;
 		}
-		if (ck_le32(r - LOCATOR64_LEN + 16) != 1 || ck_le64(z64 + 4) < EOCD64_LEN - 12) {
-			rc = bad(a, z, "zip64 end records of a multi-disk archive or of a wrong size");
-			goto out;
-		}
+		if (ck_le32(r - LOCATOR64_LEN + 16) != 1 || ck_le64(z64 + 4) < EOCD64_LEN - 12)
+			refuse(a, z, "zip64 end records of a multi-disk archive or of a wrong size");
 		disk = ck_le32(z64 + 16);
 		cd_disk = ck_le32(z64 + 20);
 		on_disk = ck_le64(z64 + 24);
@@ -118,20 +129,12 @@ static int read_end(struct archive *a, uint64_t *n_entries)
 		a->cd_off = ck_le64(z64 + 48);
 		cd_limit = z;
 	}
-	if ((disk | cd_disk) != 0 && (disk != 1 || cd_disk != 1)) {
-		rc = bad(a, tail_off + eocd, "multi-disk archive");
-		goto out;
-	}
-	if (on_disk != *n_entries) {
-		rc = bad(a, tail_off + eocd, "entries on this disk differ from the total");
-		goto out;
-	}
+	if ((disk | cd_disk) != 0 && (disk != 1 || cd_disk != 1))
+		refuse(a, tail_off + eocd, "multi-disk archive");
+	if (on_disk != *n_entries)
+		refuse(a, tail_off + eocd, "entries on this disk differ from the total");
 	if (a->cd_off > cd_limit || a->cd_size > cd_limit - a->cd_off) {
 		rc = bad(a, a->cd_off, "central directory lies outside the file");
-		goto out;
-	}
-	if (a->cd_size > CK_ZIP_MAX_CD_BYTES) {
-		rc = bad(a, a->cd_off, "central directory larger than the 256 MiB limit");
 		goto out;
 	}
 	if (*n_entries > a->cd_size / CENTRAL_LEN) {
@@ -236,37 +239,118 @@ static void archive_free(struct archive *a)
 	free(a->comment);
 }
 
-static const struct entry *find(const struct archive *a, const uint8_t *dir, size_t dl, const char *rec)
+/* Whether name is <dir>/<rec>; torch's reader (miniz) matches record
+ * names case-insensitively. */
+static bool is_record(const uint8_t *name, size_t nl, const uint8_t *dir, size_t dl, const char *rec)
 {
 	size_t rl = strlen(rec);
 
-	for (size_t i = 0; i < a->n; i++) {
-		const struct entry *x = &a->ents[i];
-		if (x->name_len == dl + 1 + rl && memcmp(x->name, dir, dl) == 0 && x->name[dl] == '/' &&
-		    memcmp(x->name + dl + 1, rec, rl) == 0)
-			return x;
-	}
+	return nl == dl + 1 + rl && memcmp(name, dir, dl) == 0 && name[dl] == '/' &&
+	       strncasecmp((const char *)name + dl + 1, rec, rl) == 0;
+}
+
+static const struct entry *find(const struct archive *a, const uint8_t *dir, size_t dl, const char *rec)
+{
+	for (size_t i = 0; i < a->n; i++)
+		if (is_record(a->ents[i].name, a->ents[i].name_len, dir, dl, rec))
+			return &a->ents[i];
 	return NULL;
 }
 
-/* What kind of zip this is; *pkl is the data.pkl entry of a checkpoint. */
-static enum ck_zip_kind classify(const struct archive *a, const struct entry **pkl)
+/* What the names of a zip tell, gathered one entry at a time. */
+struct names {
+	uint8_t *dir;     /* the first entry's directory */
+	size_t dl;
+	bool torch_like;  /* every name is in that directory */
+	bool constants, version, pkl;
+};
+
+static int see_name(struct names *nm, const uint8_t *name, size_t nl, struct ck_err *e)
 {
 	const uint8_t *slash;
-	size_t dl;
 
-	if (a->n == 0 || !(slash = memchr(a->ents[0].name, '/', a->ents[0].name_len)))
-		return CK_ZIP_NOT_TORCH;
-	dl = (size_t)(slash - a->ents[0].name);
-	for (size_t i = 0; i < a->n; i++)
-		if (a->ents[i].name_len <= dl || memcmp(a->ents[i].name, a->ents[0].name, dl + 1) != 0)
-			return CK_ZIP_NOT_TORCH; /* torch.load itself refuses such archives */
-	if (find(a, a->ents[0].name, dl, "constants.pkl"))
-		return CK_ZIP_TORCHSCRIPT;
-	if (!find(a, a->ents[0].name, dl, "version") && !find(a, a->ents[0].name, dl, ".data/version"))
-		return CK_ZIP_NOT_TORCH;
-	*pkl = find(a, a->ents[0].name, dl, "data.pkl");
-	return *pkl ? CK_ZIP_CHECKPOINT : CK_ZIP_NOT_TORCH;
+	if (!nm->dir) {
+		if (!(slash = memchr(name, '/', nl)))
+			return 0;
+		nm->dl = (size_t)(slash - name);
+		if (!(nm->dir = malloc(nm->dl + 1)))
+			return ck_err_nomem(e);
+		memcpy(nm->dir, name, nm->dl + 1);
+		nm->torch_like = true;
+	}
+	if (nl <= nm->dl || memcmp(name, nm->dir, nm->dl + 1) != 0)
+		nm->torch_like = false; /* torch.load itself refuses such archives */
+	nm->constants |= is_record(name, nl, nm->dir, nm->dl, "constants.pkl");
+	nm->version |= is_record(name, nl, nm->dir, nm->dl, "version") ||
+		       is_record(name, nl, nm->dir, nm->dl, ".data/version");
+	nm->pkl |= is_record(name, nl, nm->dir, nm->dl, "data.pkl");
+	return 0;
+}
+
+#define NAME_WINDOW ((size_t)256 << 10) /* holds any one entry: 46 + 3 * 65535 bytes */
+
+/* What kind of zip this is, from the entry names alone, reading the central
+ * directory a window at a time: an ordinary zip (a large directory, entries
+ * torch would refuse) is classified, never refused. */
+static int classify(struct archive *a, uint64_t n_entries, enum ck_zip_kind *kind, size_t *dl)
+{
+	struct names nm = {0};
+	uint8_t *w = malloc(NAME_WINDOW);
+	uint64_t p = 0, wp = 0, wl = 0, k = 0;
+	int rc = -1;
+
+	if (!w)
+		return ck_err_nomem(a->e);
+	for (; k < n_entries && (k == 0 || nm.torch_like); k++) {
+		if (wl == 0 || (p + CENTRAL_LEN + 3u * 0xFFFF > wp + wl && wp + wl < a->cd_size)) {
+			wp = p;
+			wl = a->cd_size - p < NAME_WINDOW ? a->cd_size - p : NAME_WINDOW;
+			if (ck_src_read(a->src, w, wl, a->cd_off + wp, a->e))
+				goto out;
+		}
+		const uint8_t *h = w + (p - wp);
+		if (wp + wl - p < CENTRAL_LEN || ck_le32(h) != SIG_CENTRAL) {
+			rc = bad(a, a->cd_off + p, "central directory entry signature missing");
+			goto out;
+		}
+		uint64_t len = (uint64_t)CENTRAL_LEN + ck_le16(h + 28) + ck_le16(h + 30) + ck_le16(h + 32);
+		if (len > wp + wl - p) {
+			rc = bad(a, a->cd_off + p, "central directory entry runs past the directory");
+			goto out;
+		}
+		if (see_name(&nm, h + CENTRAL_LEN, ck_le16(h + 28), a->e))
+			goto out;
+		if (!nm.dir)
+			break; /* the first name has no directory: no torch archive */
+		p += len;
+	}
+	if (!nm.dir || !nm.torch_like)
+		*kind = CK_ZIP_NOT_TORCH;
+	else if (nm.constants)
+		*kind = CK_ZIP_TORCHSCRIPT;
+	else
+		*kind = nm.version && nm.pkl ? CK_ZIP_CHECKPOINT : CK_ZIP_NOT_TORCH;
+	*dl = nm.dl;
+	rc = 0;
+out:
+	free(nm.dir);
+	free(w);
+	return rc;
+}
+
+/* A checkpoint must pass what torch's reader checks before it gets a view
+ * (a rewrite would otherwise repair what torch refuses). */
+static int check_checkpoint(struct archive *a, uint64_t n_entries, size_t dl, const struct entry **pkl)
+{
+	if (a->refusal)
+		return bad(a, a->refusal_at, a->refusal);
+	if (a->cd_size > CK_ZIP_MAX_CD_BYTES)
+		return bad(a, a->cd_off, "checkpoint's central directory larger than the 256 MiB limit");
+	if (read_central(a, n_entries))
+		return -1;
+	if (!(*pkl = find(a, a->ents[0].name, dl, "data.pkl")))
+		return bad(a, a->cd_off, "data.pkl missing from the central directory");
+	return 0;
 }
 
 /* The end of data.pkl's record: the next local header, or the directory. */
@@ -519,13 +603,16 @@ static int load_checkpoint(struct archive *a, const struct entry **pkl_ent, uint
 			   enum ck_zip_kind *kind)
 {
 	uint64_t n_entries = 0;
+	size_t dl = 0;
 
 	*kind = CK_ZIP_NOT_TORCH;
-	if (read_end(a, &n_entries) || read_central(a, n_entries))
+	if (read_end(a, &n_entries) || classify(a, n_entries, kind, &dl))
 		return -1;
-	*kind = classify(a, pkl_ent);
 	if (*kind != CK_ZIP_CHECKPOINT)
 		return 0;
+	/* torch's rules apply to a checkpoint only */
+	if (check_checkpoint(a, n_entries, dl, pkl_ent))
+		return -1;
 	return read_pickle(a, *pkl_ent, orig, data_end);
 }
 

@@ -150,6 +150,31 @@ def test_file_replaced_during_restart_is_not_served_to_old_reader(mount_factory,
     assert torch.load(m.path("plain", "a.pt"))["w"].sum().item() == 0
 
 
+def test_file_saved_in_place_during_restart_is_not_served_to_old_reader(mount_factory, tmp_path):
+    """The successor finds the reader's node by its id, which names one
+    version: a source rewritten in place (same inode) meanwhile is ESTALE
+    or EIO to the old reader, never the new bytes; a new open reads them."""
+    src = _source(tmp_path)
+    m = mount_factory(src)
+    path = os.path.join(src, "a.pt")
+    old = read_bytes(m.path("plain", "a.pt"))
+    ino = os.stat(path).st_ino
+    with open(m.path("plain", "a.pt"), "rb") as f:
+        head = f.read(4096)
+        torch.save({"module.w": torch.zeros(300000)}, path)
+        assert os.stat(path).st_ino == ino
+        _restart(m.mnt)
+        _drop(f)
+        try:
+            got = head + f.read()
+        except OSError as e:
+            assert e.errno in (5, 116), e      # EIO, ESTALE
+        else:
+            assert got == old
+    time.sleep(1.5)                            # past the attribute timeout
+    assert torch.load(m.path("plain", "a.pt"))["w"].sum().item() == 0
+
+
 def test_restart_after_the_source_was_renamed(mount_factory, tmp_path):
     """The daemon serves the directory it mounted, wherever it went: so
     does its successor."""

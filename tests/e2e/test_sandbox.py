@@ -13,8 +13,8 @@ import ckref
 from conftest import mounted_at, read_bytes
 from test_daemon import _src_with_ckpt
 
-CAP_DAC_READ_SEARCH, CAP_SYS_RESOURCE = 2, 24
-KEPT = 1 << CAP_DAC_READ_SEARCH | 1 << CAP_SYS_RESOURCE
+CAP_DAC_READ_SEARCH, CAP_SYS_RESOURCE, CAP_LEASE = 2, 24, 28
+KEPT = 1 << CAP_DAC_READ_SEARCH | 1 << CAP_SYS_RESOURCE | 1 << CAP_LEASE
 
 
 def _status(pid):

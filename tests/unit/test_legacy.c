@@ -81,6 +81,10 @@ int main(void)
 		static const uint8_t other[] = "\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x18.";
 		ok(ck_legacy_detect(p3, sizeof(p3) - 1), "protocol 3 magic recognised");
 		ok(ck_legacy_detect(p4, sizeof(p4) - 1), "protocol 4 magic, framed, recognised");
+		/* pickle.dumps(MAGIC_NUMBER, protocol=1): no PROTO, a text LONG;
+		 * torch loads such files (issue 9) */
+		static const uint8_t p1[] = "L119547037146038801333356L\n.";
+		ok(ck_legacy_detect(p1, sizeof(p1) - 1), "protocol 1 magic, a text LONG, recognised");
 		ok(!ck_legacy_detect(p4, sizeof(p4) - 2), "a cut magic is not");
 		ok(!ck_legacy_detect(other, sizeof(other) - 1), "another number is not");
 	}

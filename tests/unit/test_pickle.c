@@ -4,11 +4,20 @@
 #include <stdlib.h>
 #include <unistd.h>
 #include <string.h>
+#include <errno.h>
+#include "hash.h"
 #include "pickle.h"
 #include "pk.h"
 #include "tap.h"
 
 enum { ODICT = 0, REBUILD = 3 }; /* memo slots of the two globals */
+
+/* uthash's allocator (src/hash.c's is not linked in): fails on demand. */
+static int hash_oom;
+void *ck_hash_malloc(size_t n)
+{
+	return hash_oom ? NULL : malloc(n);
+}
 
 static enum ck_pickle_result rewrite(const struct ck_buf *in, const struct ck_view *v, struct ck_buf *out,
 				     struct ck_err *e)
@@ -562,6 +571,138 @@ static void test_hostile(void)
 	ck_buf_free(&b);
 }
 
+/* STACK_GLOBAL right where the object array must grow: the module and name
+ * strings must not be read from the array's old place (issue 9). Every
+ * capacity up to 2^17, so the one that moves to its own mapping is hit. */
+static void test_stack_global_at_growth(void)
+{
+	size_t failures = 0, tried = 0;
+
+	for (unsigned cap = 16; cap <= (1u << 17); cap *= 2, tried++) {
+		struct ck_buf in = {0}, want = {0};
+		for (int pass = 0; pass < 2; pass++) {
+			struct ck_buf *b = pass ? &want : &in;
+			pk_proto(b, 4);
+			pk_op(b, '(');
+			for (unsigned k = 0; k < cap - 3; k++) /* object 0, then cap - 3 strings, then 2 more */
+				pk_short_str(b, "a");
+			pk_op(b, '1');
+			pk_short_str(b, "collections");
+			pk_short_str(b, "OrderedDict");
+			ck_buf_u8(b, 0x93);
+			pk_op(b, ')');
+			pk_op(b, 'R');
+			if (pass)
+				pk_str(b, "w");
+			else
+				pk_short_str(b, "module.w");
+			pk_tensor(b, 5, 1);
+			pk_op(b, 's');
+			pk_op(b, '.');
+		}
+		struct ck_buf out;
+		struct ck_err e;
+		enum ck_pickle_result r = rewrite(&in, &ck_view_plain, &out, &e);
+		if (r != CK_PICKLE_REWRITTEN || out.len != want.len || memcmp(out.data, want.data, want.len)) {
+			printf("# capacity %u: result %d, %s\n", cap, r, e.msg);
+			failures++;
+		}
+		ck_buf_free(&out);
+		ck_buf_free(&in);
+		ck_buf_free(&want);
+	}
+	ok(failures == 0, "STACK_GLOBAL at each object-array growth names its global (%zu of %zu wrong)",
+	   failures, tried);
+}
+
+/* [{'w': T}, 'w'] where the key was DUPed into a memo slot the data later
+ * reads: the data keeps 'w' although the key becomes 'module.w'. */
+static void test_dup_memo(void)
+{
+	struct ck_buf in = {0}, want = {0};
+
+	for (int pass = 0; pass < 2; pass++) {
+		struct ck_buf *b = pass ? &want : &in;
+		pk_proto(b, 2);
+		pk_op(b, ']');
+		pk_put(b, 0);
+		pk_op(b, '(');
+		pk_op(b, '}');
+		pk_put(b, 1);
+		pk_str(b, pass ? "module.w" : "w");
+		if (pass)
+			pk_str(b, "w"); /* the DUP would copy the renamed key */
+		else
+			pk_op(b, '2');
+		pk_put(b, 2);
+		pk_op(b, '0');
+		pk_tensor(b, 3, 1);
+		pk_op(b, 's');
+		pk_get(b, 2);
+		pk_op(b, 'e');
+		pk_op(b, '.');
+	}
+	expect_rewrite("a DUPed key in a memo slot: data read from the slot keeps its value", &in, &ck_view_ddp,
+		       &want);
+	ck_buf_free(&in);
+	ck_buf_free(&want);
+}
+
+/* A 1 MiB key string fetched 64 times as data: each fetch would become a
+ * 1 MiB literal in the view. Past twice the source + 1 MiB + the keys, the
+ * file fails instead; one fetch is fine. */
+static void test_amplification(void)
+{
+	char *key = malloc((1 << 20) + 8);
+
+	memcpy(key, "module.", 7);
+	memset(key + 7, 'a', 1 << 20);
+	key[(1 << 20) + 7] = 0;
+	for (int copies = 1; copies <= 64; copies += 63) {
+		struct ck_buf in = {0}, out;
+		struct ck_err e;
+		pk_proto(&in, 2);
+		pk_op(&in, ']');
+		pk_op(&in, '(');
+		pk_op(&in, '}');
+		pk_str(&in, key);
+		pk_put(&in, 1);
+		pk_tensor(&in, 3, 1);
+		pk_op(&in, 's');
+		for (int k = 0; k < copies; k++)
+			pk_get(&in, 1);
+		pk_op(&in, 'e');
+		pk_op(&in, '.');
+		enum ck_pickle_result r = rewrite(&in, &ck_view_plain, &out, &e);
+		if (copies == 1)
+			ok(r == CK_PICKLE_REWRITTEN && out.len < 2 * in.len,
+			   "one copy of a 1 MiB key as data: rewritten (%zu bytes from %zu; %s)", out.len, in.len, e.msg);
+		else
+			ok(r == CK_PICKLE_ERROR && strstr(e.msg, "larger than") && strstr(e.msg, "offset"),
+			   "64 copies of a 1 MiB key as data: refused (%d, %s)", r, e.msg);
+		ck_buf_free(&in);
+		ck_buf_free(&out);
+	}
+	free(key);
+}
+
+/* uthash out of memory: an error for this pickle, not exit() (issue 9). */
+static void test_hash_oom(void)
+{
+	struct sd_spec ddp = {{"module.0.weight", "module.0.bias"}, {"", "module", "module.0"}, 0};
+	struct ck_buf in, out;
+	struct ck_err e;
+
+	build_sd(&in, &ddp);
+	hash_oom = 1;
+	enum ck_pickle_result r = rewrite(&in, &ck_view_plain, &out, &e);
+	hash_oom = 0;
+	ok(r == CK_PICKLE_ERROR && e.code == ENOMEM, "the key table out of memory fails the pickle (%d, %s)", r,
+	   e.msg);
+	ck_buf_free(&in);
+	ck_buf_free(&out);
+}
+
 int main(void)
 {
 	test_plain_and_ddp();
@@ -574,5 +715,9 @@ int main(void)
 	test_protocol4();
 	test_many_keys();
 	test_hostile();
+	test_stack_global_at_growth();
+	test_dup_memo();
+	test_amplification();
+	test_hash_oom();
 	return tap_done();
 }

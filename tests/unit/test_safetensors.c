@@ -90,6 +90,9 @@ int main(void)
 	expect("plain strips wrappers; whitespace and order kept",
 	       "{ \"module.b\" : " T("8,16") " ,\n \"_orig_mod.a\":" T("0,8") "}   ", &ck_view_plain,
 	       "{ \"b\" : " T("8,16") " ,\n \"a\":" T("0,8") "}");
+	expect("a header that starts with whitespace, as the reader's JSON parser allows",
+	       " \n\t {\"module.b\":" T("8,16") ",\"a\":" T("0,8") "}", &ck_view_plain,
+	       " \n\t {\"b\":" T("8,16") ",\"a\":" T("0,8") "}");
 	expect("escaped names are decoded before renaming",
 	       "{\"module.\\u00e9\":" T("0,8") ",\"b\":" T("8,16") "}", &ck_view_plain,
 	       "{\"\xc3\xa9\":" T("0,8") ",\"b\":" T("8,16") "}");

@@ -224,7 +224,7 @@ static int keeps_few_capabilities(void)
 {
 	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
 	struct __user_cap_data_struct d[2];
-	unsigned long long want = 1ULL << CAP_DAC_READ_SEARCH | 1ULL << CAP_SYS_RESOURCE;
+	unsigned long long want = 1ULL << CAP_DAC_READ_SEARCH | 1ULL << CAP_SYS_RESOURCE | 1ULL << CAP_LEASE;
 	unsigned long long eff, perm;
 
 	if (syscall(SYS_capget, &h, d))

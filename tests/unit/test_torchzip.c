@@ -283,6 +283,92 @@ static void test_damage(const struct file *good)
 	free(bad);
 }
 
+/* Sets a bit in the general-purpose flags of the first central entry. */
+static void flag_first_entry(struct file *f, uint16_t bit)
+{
+	for (size_t p = 0; p + 46 < f->len; p++)
+		if (memcmp(f->data + p, "PK\1\2", 4) == 0) {
+			f->data[p + 8] |= (uint8_t)bit;
+			return;
+		}
+}
+
+/* Sets "this disk" in the end record that counts (the zip64 one when there
+ * is one), as a volume of a split archive has it. */
+static void set_disk(struct file *f, uint8_t disk)
+{
+	size_t eocd = 0;
+
+	for (size_t p = f->len - 22; p > 0; p--) {
+		if (memcmp(f->data + p, "PK\6\6", 4) == 0) {
+			f->data[p + 16] = disk;
+			return;
+		}
+		if (!eocd && memcmp(f->data + p, "PK\5\6", 4) == 0)
+			eocd = p;
+	}
+	f->data[eocd + 4] = disk;
+}
+
+/* torch's reader refuses encrypted entries and split archives: so must the
+ * view of a checkpoint, but a zip that is no checkpoint is classified
+ * first and passes through whatever it holds (issue 9). */
+static void test_classified_first(const char *ckpt)
+{
+	char path[256], out[256];
+	int err = 0, identity;
+	struct ck_err e;
+	enum ck_zip_kind kind;
+	zip_t *z;
+
+	snprintf(path, sizeof(path), "%s/plain.zip", tmpdir);
+	snprintf(out, sizeof(out), "%s/x.view", tmpdir);
+	z = zip_open(path, ZIP_CREATE | ZIP_TRUNCATE, &err);
+	zip_file_add(z, "a.txt", zip_source_buffer(z, "hello", 5, 0), 0);
+	zip_file_add(z, "b/c.txt", zip_source_buffer(z, "world", 5, 0), 0);
+	zip_close(z);
+	for (int damage = 0; damage < 2; damage++) {
+		struct file f = slurp(path), c = slurp(ckpt);
+		char p2[256];
+		if (damage == 0) {
+			flag_first_entry(&f, 1);
+			flag_first_entry(&c, 1);
+		} else {
+			set_disk(&f, 2);
+			set_disk(&c, 2);
+		}
+		snprintf(p2, sizeof(p2), "%s/damaged.zip", tmpdir);
+		spit(p2, f.data, f.len);
+		ok(view_of(p2, &ck_view_plain, out, &kind, &e, &identity) == 0 && identity && kind == CK_ZIP_NOT_TORCH,
+		   "an ordinary zip %s passes through (%s)", damage ? "of a split archive" : "with an encrypted entry",
+		   e.msg);
+		spit(p2, c.data, c.len);
+		ok(view_of(p2, &ck_view_plain, out, &kind, &e, &identity) == -1 && strstr(e.msg, "zip offset"),
+		   "a checkpoint %s is refused (%s)", damage ? "of a split archive" : "with an encrypted entry", e.msg);
+		free(f.data);
+		free(c.data);
+	}
+}
+
+/* torch matches record names case-insensitively: archive/DATA.PKL loads. */
+static void test_names_any_case(const struct file *pkl)
+{
+	char path[256], out[256];
+	int err = 0, identity;
+	struct ck_err e;
+	enum ck_zip_kind kind;
+	zip_t *z;
+
+	snprintf(path, sizeof(path), "%s/caps.pt", tmpdir);
+	snprintf(out, sizeof(out), "%s/caps.view", tmpdir);
+	z = zip_open(path, ZIP_CREATE | ZIP_TRUNCATE, &err);
+	zip_file_add(z, "archive/DATA.PKL", zip_source_buffer(z, pkl->data, pkl->len, 0), 0);
+	zip_file_add(z, "archive/Version", zip_source_buffer(z, "3\n", 2, 0), 0);
+	zip_close(z);
+	ok(view_of(path, &ck_view_plain, out, &kind, &e, &identity) == 0 && !identity && kind == CK_ZIP_CHECKPOINT,
+	   "records named in capitals are a checkpoint, rewritten (%s)", e.msg);
+}
+
 int main(void)
 {
 	const char *ddp = TEST_DATA "/ddp-small.pth", *plain = TEST_DATA "/plain-small.pth";
@@ -310,6 +396,8 @@ int main(void)
 	   "the fixture's pickle rewrites");
 	test_foreign_writer(&p);
 	test_not_checkpoints();
+	test_classified_first(ddp);
+	test_names_any_case(&p);
 
 	struct file good = slurp(ddp);
 	test_damage(&good);
