@@ -322,6 +322,9 @@ int cmd_mount(int argc, char **argv)
 
 	parse_mount_args(&a, argc, argv);
 	takeover = a.takeover_fd >= 0;
+	/* what a successor inherited is not for what it runs (fusermount3, a successor) */
+	if (takeover)
+		close_range(STDERR_FILENO + 1, ~0U, CLOSE_RANGE_CLOEXEC);
 	root_fd = open_source_root(a.source);
 	if (!realpath(a.source, source_real))
 		cli_fail(a.source, strerror(errno));

@@ -69,7 +69,6 @@ void ck_daemon_start(bool background)
 
 void ck_daemon_take_over(int ready_fd, bool background)
 {
-	fcntl(ready_fd, F_SETFD, FD_CLOEXEC);
 	report_fd = ready_fd;
 	successor = true;
 	/* stdio came from the unmounter: /dev/null in the background */

@@ -169,15 +169,16 @@ static char **successor_args(char *takeover, char *source)
 	return argv;
 }
 
-/* The child: the descriptors stay open across the exec; signals the
- * unmounter ignores are the successor's to handle. */
+/* The child: the descriptors it names stay open across the exec (the
+ * source's only if it is named by descriptor); signals the unmounter
+ * ignores are the successor's to handle. */
 static void exec_successor(char **argv, int fuse_fd, int source_fd, int ready_fd)
 {
 	signal(SIGHUP, SIG_DFL);
 	signal(SIGINT, SIG_DFL);
 	signal(SIGTERM, SIG_DFL);
-	if (fcntl(fuse_fd, F_SETFD, 0) == 0 && fcntl(source_fd, F_SETFD, 0) == 0 &&
-	    fcntl(ready_fd, F_SETFD, 0) == 0)
+	if (fcntl(fuse_fd, F_SETFD, 0) == 0 && fcntl(ready_fd, F_SETFD, 0) == 0 &&
+	    (source_fd < 0 || fcntl(source_fd, F_SETFD, 0) == 0))
 		execve(again.exe, argv, environ);
 	ck_log(LOG_ERR, "restart: %s: %s", again.exe, strerror(errno));
 	_exit(127);
@@ -208,6 +209,7 @@ static int await_successor(pid_t pid, int ready_fd, char *why, size_t size)
 int ck_restart_spawn(int fuse_fd, int source_fd, char *why, size_t size)
 {
 	char takeover[96], source_fd_path[64];
+	const char *source;
 	char **argv = NULL;
 	int ready[2];
 	pid_t pid;
@@ -221,12 +223,12 @@ int ck_restart_spawn(int fuse_fd, int source_fd, char *why, size_t size)
 		return snprintf(why, size, "pipe: %s", strerror(errno)), -1;
 	snprintf(takeover, sizeof(takeover), TAKEOVER_OPT "=%d:%u:%d", fuse_fd, again.next_epoch++,
 		 ready[1]);
-	argv = successor_args(takeover, (char *)source_arg(source_fd, again.source, source_fd_path,
-							    sizeof(source_fd_path)));
+	source = source_arg(source_fd, again.source, source_fd_path, sizeof(source_fd_path));
+	argv = successor_args(takeover, (char *)source);
 	ck_log(LOG_NOTICE, "restarting: %s takes over %s", again.exe, again.mountpoint);
 	pid = argv ? fork() : -1;
 	if (pid == 0)
-		exec_successor(argv, fuse_fd, source_fd, ready[1]);
+		exec_successor(argv, fuse_fd, source == again.source ? -1 : source_fd, ready[1]);
 	if (pid < 0)
 		snprintf(why, size, "fork: %s", strerror(argv ? errno : ENOMEM));
 	free(argv);

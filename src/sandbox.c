@@ -366,7 +366,8 @@ static void unmounter(int from_daemon, const char *mountpoint, bool foreground,
 		ck_log_to_syslog();
 		dup2(null, STDERR_FILENO);
 	}
-	if (dup2(from_daemon, STDERR_FILENO + 1) < 0)
+	/* not for a successor it starts */
+	if (dup2(from_daemon, STDERR_FILENO + 1) < 0 || fcntl(STDERR_FILENO + 1, F_SETFD, FD_CLOEXEC))
 		_exit(1);
 	close_range(STDERR_FILENO + 2, ~0U, 0);
 	while ((op = receive(STDERR_FILENO + 1, fds)) == REQ_RESTART)
