@@ -7,12 +7,12 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/fuse.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
@@ -24,7 +24,9 @@
 #include "mountinfo.h"
 
 #define TAKEOVER_OPT "--takeover"
-/* How long `ckptfs restart` waits for the successor to serve. */
+/* How long the old daemon waits for its successor to serve (the mount is
+ * served by neither meanwhile), and `ckptfs restart` for the old one to go. */
+#define SUCCESSOR_TIMEOUT_MS 20000
 #define RESTART_TIMEOUT_MS 30000
 
 extern char **environ;
@@ -184,22 +186,30 @@ static void exec_successor(char **argv, int fuse_fd, int source_fd, int ready_fd
 	_exit(127);
 }
 
-/* Waits for the successor's word that it serves; if it ends first, says how. */
+/* Waits for the successor's word that it serves; if it ends first, or
+ * hangs (nobody serves the mount meanwhile), says how. */
 static int await_successor(pid_t pid, int ready_fd, char *why, size_t size)
 {
-	ssize_t n;
-	int status;
+	struct pollfd pfd = {.fd = ready_fd, .events = POLLIN};
+	ssize_t n = -1;
+	int status, ready;
 	char c;
 
-	do
-		n = read(ready_fd, &c, 1);
-	while (n < 0 && errno == EINTR);
+	while ((ready = poll(&pfd, 1, SUCCESSOR_TIMEOUT_MS)) < 0 && errno == EINTR)
+		;
+	if (ready == 1)
+		while ((n = read(ready_fd, &c, 1)) < 0 && errno == EINTR)
+			;
 	close(ready_fd);
 	if (n == 1)
 		return 0;
+	if (ready == 0)
+		kill(pid, SIGKILL);
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
-	if (WIFSIGNALED(status))
+	if (ready == 0)
+		snprintf(why, size, "the new daemon did not answer within %d s", SUCCESSOR_TIMEOUT_MS / 1000);
+	else if (WIFSIGNALED(status))
 		snprintf(why, size, "the new daemon was killed by signal %d", WTERMSIG(status));
 	else
 		snprintf(why, size, "the new daemon exited with status %d", WEXITSTATUS(status));

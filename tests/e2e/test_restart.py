@@ -320,6 +320,20 @@ def test_restart_keeps_serving_when_the_new_binary_does_not_run(copied_daemon):
     assert read_bytes(os.path.join(d.mnt, "ddp", "hello.txt")) == b"hi\n"
 
 
+def test_restart_gives_up_on_a_successor_that_hangs(copied_daemon):
+    """A new binary that runs but never serves: the old daemon kills it
+    after a while and serves on (nobody served the mount meanwhile)."""
+    d = copied_daemon
+    d.replace(b'#!/bin/sh\n[ "$1" = --version ] && exit 0\nexec sleep 1000\n')
+    d.p.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while "did not answer within" not in d.log():
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.1)
+    assert "serving on" in d.log() and d.p.poll() is None
+    assert read_bytes(os.path.join(d.mnt, "ddp", "hello.txt")) == b"hi\n"
+
+
 def test_restart_of_a_background_daemon(dirs):
     src, mnt = dirs
     rc, out, err = run_cli(["mount", src, mnt])
