@@ -69,10 +69,15 @@ static bool is_generic_option(const char *opt)
 	return strncmp(opt, "x-", 2) == 0 || strncmp(opt, "comment=", 8) == 0;
 }
 
-/* Takes ckptfs's own options out of one -o list; the rest is libfuse's. */
-static void parse_options(struct mount_args *a, char *list)
+/* Takes ckptfs's own options out of one -o list; the rest is libfuse's.
+ * The list stays as given: a restart passes it on (restart.h). */
+static void parse_options(struct mount_args *a, const char *given)
 {
-	for (char *opt = strtok(list, ","); opt; opt = strtok(NULL, ",")) {
+	char *list = strdup(given), *next = NULL;
+
+	if (!list)
+		cli_fail("-o", strerror(ENOMEM));
+	for (char *opt = strtok_r(list, ",", &next); opt; opt = strtok_r(NULL, ",", &next)) {
 		size_t used = strlen(a->fuse_options);
 
 		if (strncmp(opt, "cache_mb=", 9) == 0)
@@ -87,6 +92,7 @@ static void parse_options(struct mount_args *a, char *list)
 					  "%s%s", used ? "," : "", opt) >= sizeof(a->fuse_options) - used)
 			cli_usage_error("mount", "-o: options too long");
 	}
+	free(list);
 }
 
 static void parse_mount_args(struct mount_args *a, int argc, char **argv)

@@ -313,15 +313,17 @@ static size_t read_cmdline(pid_t pid, char *args, size_t size)
 }
 
 /* The epoch a daemon runs in: that of its --takeover, 0 without one; -1 if
- * the process is gone or is not a ckptfs daemon ("... mount ..."). */
+ * the process is gone or is not a ckptfs daemon: "ckptfs mount ...", or
+ * "ckptfs SOURCE MOUNTPOINT ..." as mount.fuse3 runs it (fstab). */
 static long daemon_epoch(pid_t pid)
 {
 	char args[8192];
 	size_t n = read_cmdline(pid, args, sizeof(args));
-	char *cmd = args + strlen(args) + 1;
+	char *cmd = args + strlen(args) + 1, *base = strrchr(args, '/');
 	long epoch = 0;
 
-	if (!n || cmd >= args + n || strcmp(cmd, "mount") != 0)
+	if (!n || cmd >= args + n || strcmp(base ? base + 1 : args, PACKAGE) != 0 ||
+	    cmd[0] == '-')
 		return -1;
 	for (char *a = cmd; a < args + n; a += strlen(a) + 1) {
 		int f, r;

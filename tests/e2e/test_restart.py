@@ -357,6 +357,23 @@ def test_restart_of_a_background_daemon(dirs):
         force_unmount(mnt)
 
 
+def test_restart_of_an_fstab_form_mount(dirs):
+    """mount.fuse3 runs "ckptfs SOURCE MOUNTPOINT -o OPTS": restart finds
+    that daemon too, and the successor keeps the options."""
+    src, mnt = dirs
+    rc, out, err = run_cli([src, mnt, "-o", "cache_mb=64,auto"])
+    assert rc == 0, err
+    try:
+        _restart(mnt)
+        (new,) = _daemon_pids(mnt)
+        with open("/proc/%d/cmdline" % new, "rb") as f:
+            args = f.read().split(b"\0")
+        assert args[1] == b"mount" and b"cache_mb=64,auto" in args, args
+        assert read_bytes(os.path.join(mnt, "ddp", "hello.txt")) == b"hi\n"
+    finally:
+        run_cli(["umount", mnt])
+
+
 @pytest.mark.parametrize("args", [[], ["a", "b"], ["-x"]])
 def test_restart_usage(args):
     rc, out, err = run_cli(["restart"] + args)
