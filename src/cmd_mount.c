@@ -276,13 +276,26 @@ static void unmount(struct fuse_session *se, struct ck_sandbox *sb, const char *
 	fuse_session_unmount(se);
 }
 
+/* A start that failed: a new mount goes, a successor leaves the mount to
+ * its predecessor, which serves on. */
+static void fail_start(struct fuse_session *se, struct ck_sandbox *sb, bool takeover,
+		       const char *what, const char *why) __attribute__((noreturn));
+static void fail_start(struct fuse_session *se, struct ck_sandbox *sb, bool takeover,
+		       const char *what, const char *why)
+{
+	if (takeover)
+		ck_sandbox_leave(sb);
+	else
+		unmount(se, sb, NULL);
+	cli_fail(what, why);
+}
+
 /* SIGHUP ended the loop: a successor takes the connection over (restart.h);
  * whether it serves now. If not, this daemon serves on. */
 static bool hand_over(struct fuse_session *se, struct ck_sandbox *sb, int root_fd)
 {
-	char why[256];
-
 	int fd = fuse_session_fd(se);
+	char why[256];
 
 	if ((sb->unmounter > 0 ? ck_sandbox_restart(sb, fd, root_fd, why, sizeof(why)) :
 	     ck_restart_spawn(fd, root_fd, why, sizeof(why))) == 0)
@@ -355,20 +368,10 @@ int cmd_mount(int argc, char **argv)
 		exit(EXIT_USAGE); /* bad -o option; libfuse said which */
 	connect_session(se, fs, &a, mountpoint_real);
 	/* before any thread starts: capabilities are dropped per thread */
-	if (!a.nosandbox && ck_sandbox_enter(&sb, mountpoint_real, a.foreground, ck_restart_spawn, &e)) {
-		if (takeover)
-			ck_sandbox_leave(&sb);
-		else
-			unmount(se, &sb, NULL);
-		cli_fail(a.source, e.msg);
-	}
-	if ((rc = ck_daemon_watch(mountpoint_real))) {
-		if (takeover)
-			ck_sandbox_leave(&sb);
-		else
-			unmount(se, &sb, NULL);
-		cli_fail("pthread_create", strerror(rc));
-	}
+	if (!a.nosandbox && ck_sandbox_enter(&sb, mountpoint_real, a.foreground, ck_restart_spawn, &e))
+		fail_start(se, &sb, takeover, a.source, e.msg);
+	if ((rc = ck_daemon_watch(mountpoint_real)))
+		fail_start(se, &sb, takeover, "pthread_create", strerror(rc));
 	while ((rc = serve(se)) == SIGHUP && !(handed = hand_over(se, &sb, root_fd)))
 		;
 	/* a successor that never answered leaves the mount to its predecessor */

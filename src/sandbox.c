@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <seccomp.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -22,7 +23,6 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <spawn.h>
 #include <termios.h>
 #include <unistd.h>
 #include <linux/fs.h>
