@@ -14,6 +14,7 @@ PACKAGES=(
 	python3-torch python3-pytest python3-numpy unzip
 	clang libclang-rt-14-dev
 	acl libseccomp-dev
+	nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils libnfs-dev iproute2
 )
 # Debian's torch lives in the system interpreter, not in any python3 earlier on PATH.
 PYTHON=/usr/bin/python3

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@
 #include "fs.h"
 #include "log.h"
 #include "mountinfo.h"
+#include "restart.h"
 #include "sandbox.h"
 
 /* Options every mount gets, after the user's so they win: a view never
@@ -36,6 +38,10 @@ struct mount_args {
 	struct cli_views views;
 	char fuse_options[4096];  /* the user's -o options for libfuse, comma-separated */
 	const char *source, *mountpoint;
+	char *const *options;  /* as given, for a restart */
+	size_t noptions;
+	int takeover_fd, ready_fd;  /* --takeover=FD:EPOCH:READY_FD (restart.h); -1 if not */
+	uint32_t epoch;
 };
 
 static size_t parse_cache_mb(const char *value)
@@ -65,10 +71,15 @@ static bool is_generic_option(const char *opt)
 	return strncmp(opt, "x-", 2) == 0 || strncmp(opt, "comment=", 8) == 0;
 }
 
-/* Takes ckptfs's own options out of one -o list; the rest is libfuse's. */
-static void parse_options(struct mount_args *a, char *list)
+/* Takes ckptfs's own options out of one -o list; the rest is libfuse's.
+ * The list stays as given: a restart passes it on (restart.h). */
+static void parse_options(struct mount_args *a, const char *given)
 {
-	for (char *opt = strtok(list, ","); opt; opt = strtok(NULL, ",")) {
+	char *list = strdup(given), *next = NULL;
+
+	if (!list)
+		cli_fail("-o", strerror(ENOMEM));
+	for (char *opt = strtok_r(list, ",", &next); opt; opt = strtok_r(NULL, ",", &next)) {
 		size_t used = strlen(a->fuse_options);
 
 		if (strncmp(opt, "cache_mb=", 9) == 0)
@@ -83,14 +94,16 @@ static void parse_options(struct mount_args *a, char *list)
 					  "%s%s", used ? "," : "", opt) >= sizeof(a->fuse_options) - used)
 			cli_usage_error("mount", "-o: options too long");
 	}
+	free(list);
 }
 
 static void parse_mount_args(struct mount_args *a, int argc, char **argv)
 {
-	static const struct option longopts[] = {{"help", no_argument, NULL, 'h'}, {0}};
+	static const struct option longopts[] = {
+		{"help", no_argument, NULL, 'h'}, {"takeover", required_argument, NULL, 'T'}, {0}};
 	int c;
 
-	*a = (struct mount_args){.cache_mb = CLI_DEFAULT_CACHE_MB};
+	*a = (struct mount_args){.cache_mb = CLI_DEFAULT_CACHE_MB, .takeover_fd = -1, .ready_fd = -1};
 	cli_views_init(&a->views);
 	opterr = 0; /* cli_usage_error says it in one line */
 	while ((c = getopt_long(argc, argv, "fdo:h", longopts, NULL)) != -1) {
@@ -106,6 +119,10 @@ static void parse_mount_args(struct mount_args *a, int argc, char **argv)
 			break;
 		case 'h':
 			cli_help_exit("mount");
+		case 'T': /* internal: a restart's successor */
+			if (!ck_restart_parse(optarg, &a->takeover_fd, &a->epoch, &a->ready_fd))
+				cli_usage_error("mount", "--takeover=%s: expected FD:EPOCH:READY_FD", optarg);
+			break;
 		default:
 			if (optopt == 'o')
 				cli_usage_error("mount", "-o needs an argument");
@@ -118,6 +135,8 @@ static void parse_mount_args(struct mount_args *a, int argc, char **argv)
 		cli_usage_error("mount", "expected SOURCE and MOUNTPOINT");
 	a->source = argv[optind];
 	a->mountpoint = argv[optind + 1];
+	a->options = argv + 1; /* getopt moved the operands last */
+	a->noptions = (size_t)optind - 1;
 }
 
 /* An O_PATH descriptor of the source root: every later access goes through
@@ -251,15 +270,66 @@ static int serve(struct fuse_session *se)
 	return rc;
 }
 
-/* A confined daemon may not unmount: its unmounter does. */
-static void unmount(struct fuse_session *se, struct ck_sandbox *sb)
+/* The end: the unmounter of a confined daemon detaches the mount, or this
+ * process does when libfuse does not know the mount point (taken over). */
+static void unmount(struct fuse_session *se, struct ck_sandbox *sb, const char *taken_over)
 {
-	ck_sandbox_unmount(sb, fuse_session_fd(se));
+	ck_sandbox_unmount(sb, fuse_session_fd(se), taken_over);
 	fuse_session_unmount(se);
 }
 
+/* A start that failed: a new mount goes, a successor leaves the mount to
+ * its predecessor, which serves on. */
+static void fail_start(struct fuse_session *se, struct ck_sandbox *sb, bool takeover,
+		       const char *what, const char *why) __attribute__((noreturn));
+static void fail_start(struct fuse_session *se, struct ck_sandbox *sb, bool takeover,
+		       const char *what, const char *why)
+{
+	if (takeover)
+		ck_sandbox_leave(sb);
+	else
+		unmount(se, sb, NULL);
+	cli_fail(what, why);
+}
+
+/* SIGHUP ended the loop: a successor takes the connection over (restart.h);
+ * whether it serves now. If not, this daemon serves on. */
+static bool hand_over(struct fuse_session *se, struct ck_sandbox *sb, int root_fd)
+{
+	int fd = fuse_session_fd(se);
+	char why[256];
+
+	if ((sb->unmounter > 0 ? ck_sandbox_restart(sb, fd, root_fd, why, sizeof(why)) :
+	     ck_restart_spawn(fd, root_fd, why, sizeof(why))) == 0)
+		return true;
+	ck_log(LOG_ERR, "restart: cannot restart (%s); serving on", why);
+	return false;
+}
+
+/* Before serving: a successor finds the connection open and answers an
+ * INIT of its own making; a new mount mounts. */
+static void connect_session(struct fuse_session *se, struct ck_fs *fs, const struct mount_args *a,
+			    const char *mountpoint)
+{
+	char fuse_fd[32];
+
+	snprintf(fuse_fd, sizeof(fuse_fd), "/dev/fd/%d", a->takeover_fd);
+	if (fuse_set_signal_handlers(se) ||
+	    fuse_session_mount(se, a->takeover_fd >= 0 ? fuse_fd : mountpoint))
+		exit(EXIT_RUNTIME);
+	ck_fs_note_mount(fs, mountpoint);
+	if (a->takeover_fd >= 0) {
+		ck_restart_init(se);
+		ck_log(LOG_NOTICE, "restarted: serving %s again", mountpoint);
+	} else {
+		raise_read_ahead(mountpoint);
+	}
+}
+
 /* Mounts; in the background the command returns once the file system
- * answers (daemon.h); serves until unmounted or signalled. */
+ * answers (daemon.h); serves until unmounted or signalled. A successor of
+ * a restart (--takeover) serves the mount of its predecessor instead;
+ * until it answers, failing leaves the mount to the predecessor. */
 int cmd_mount(int argc, char **argv)
 {
 	struct mount_args a;
@@ -268,17 +338,29 @@ int cmd_mount(int argc, char **argv)
 	struct ck_sandbox sb = {0};
 	struct ck_fs *fs;
 	struct ck_err e;
+	bool takeover, handed = false, ours;
 	int root_fd, rc;
 
 	parse_mount_args(&a, argc, argv);
+	takeover = a.takeover_fd >= 0;
+	/* what a successor inherited is not for what it runs (fusermount3, a successor) */
+	if (takeover)
+		close_range(STDERR_FILENO + 1, ~0U, CLOSE_RANGE_CLOEXEC);
 	root_fd = open_source_root(a.source);
 	if (!realpath(a.source, source_real))
 		cli_fail(a.source, strerror(errno));
-	check_mountpoint(a.mountpoint, source_real, mountpoint_real);
-	ck_daemon_start(!a.foreground);
+	if (!takeover)
+		check_mountpoint(a.mountpoint, source_real, mountpoint_real);
+	else if (!realpath(a.mountpoint, mountpoint_real))
+		cli_fail(a.mountpoint, strerror(errno));
+	ck_restart_prepare(a.epoch, a.options, a.noptions, source_real, mountpoint_real);
+	if (takeover)
+		ck_daemon_take_over(a.ready_fd, !a.foreground);
+	else
+		ck_daemon_start(!a.foreground);
 	fs = ck_fs_new(root_fd, a.views.list, a.views.n, a.cache_mb << 20, &e);
-	if (!fs)
-		cli_fail(a.source, e.msg);
+	if (!fs || (takeover && ck_fs_take_over(fs, a.epoch)))
+		cli_fail(a.source, fs ? strerror(ENOMEM) : e.msg);
 	/* symlinks into the source by absolute path name it either way */
 	if (ck_fs_add_source_path(fs, source_real, &e) || ck_fs_add_source_path(fs, a.source, &e))
 		cli_fail(a.source, e.msg);
@@ -286,26 +368,28 @@ int cmd_mount(int argc, char **argv)
 	se = new_session(&a, source_real, fs);
 	if (!se)
 		exit(EXIT_USAGE); /* bad -o option; libfuse said which */
-	if (fuse_set_signal_handlers(se) || fuse_session_mount(se, mountpoint_real))
-		exit(EXIT_RUNTIME);
-	ck_fs_note_mount(fs, mountpoint_real);
-	raise_read_ahead(mountpoint_real);
+	connect_session(se, fs, &a, mountpoint_real);
 	/* before any thread starts: capabilities are dropped per thread */
-	if (!a.nosandbox && ck_sandbox_enter(&sb, mountpoint_real, a.foreground, &e)) {
-		unmount(se, &sb);
-		cli_fail(a.source, e.msg);
-	}
-	if ((rc = ck_daemon_watch(mountpoint_real))) {
-		unmount(se, &sb);
-		cli_fail("pthread_create", strerror(rc));
-	}
-	rc = serve(se);
-	ck_daemon_stopping();
+	if (!a.nosandbox && ck_sandbox_enter(&sb, mountpoint_real, a.foreground, ck_restart_spawn, &e))
+		fail_start(se, &sb, takeover, a.source, e.msg);
+	if ((rc = ck_daemon_watch(mountpoint_real)))
+		fail_start(se, &sb, takeover, "pthread_create", strerror(rc));
+	while ((rc = serve(se)) == SIGHUP && !(handed = hand_over(se, &sb, root_fd)))
+		;
+	/* a successor that never answered leaves the mount to its predecessor */
+	ours = !handed && (!takeover || ck_daemon_was_ready());
+	if (ours)
+		ck_daemon_stopping();
 	fuse_remove_signal_handlers(se);
-	unmount(se, &sb);
+	if (ours)
+		unmount(se, &sb, takeover ? mountpoint_real : NULL);
+	else
+		ck_sandbox_leave(&sb);
 	fuse_session_destroy(se);
 	ck_fs_free(fs);
 	cli_views_clear(&a.views);
+	if (handed)
+		return 0;
 	/* A signal (SIGTERM, ^C) is the ordinary way to stop: rc is its number. */
 	return rc < 0 || !ck_daemon_was_ready() ? EXIT_RUNTIME : 0;
 }

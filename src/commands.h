@@ -8,5 +8,6 @@ int cmd_umount(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_cat(int argc, char **argv);
+int cmd_restart(int argc, char **argv);
 
 #endif

@@ -19,6 +19,7 @@
 
 /* One daemon per process. */
 static int report_fd = -1; /* the child's end of the pipe to the waiting parent */
+static bool background_mode, successor;
 static atomic_bool ready, stopping;
 static char watched[PATH_MAX];
 
@@ -48,7 +49,7 @@ void ck_daemon_start(bool background)
 	int fds[2];
 	pid_t pid;
 
-	if (!background)
+	if (!(background_mode = background))
 		return;
 	if (pipe2(fds, O_CLOEXEC))
 		cli_fail("pipe", strerror(errno));
@@ -64,6 +65,15 @@ void ck_daemon_start(bool background)
 	setsid();
 	if (chdir("/"))
 		cli_fail("/", strerror(errno));
+}
+
+void ck_daemon_take_over(int ready_fd, bool background)
+{
+	report_fd = ready_fd;
+	successor = true;
+	/* stdio came from the unmounter: /dev/null in the background */
+	if ((background_mode = background))
+		ck_log_to_syslog();
 }
 
 /* Leaves the terminal: from now on nobody reads our stderr. */
@@ -96,12 +106,20 @@ static void *watch(void *arg)
 	if (atomic_load(&stopping))
 		return NULL;
 	atomic_store(&ready, true);
-	sd_notify(0, "READY=1");
+	/* a successor is a new process: systemd must know it as the main one
+	 * before its predecessor, told below, exits (NotifyAccess=all) */
+	if (successor) {
+		sd_notifyf(0, "MAINPID=%d\nREADY=1", (int)getpid());
+		sd_notify_barrier(0, 5 * 1000000ULL);
+	} else {
+		sd_notify(0, "READY=1");
+	}
 	if (report_fd >= 0) {
 		(void)!write(report_fd, "R", 1);
 		close(report_fd);
 		report_fd = -1;
-		detach();
+		if (background_mode && !successor)
+			detach();
 	}
 	return NULL;
 }

@@ -12,6 +12,10 @@
  * returns is the daemon. */
 void ck_daemon_start(bool background);
 
+/* Instead of ck_daemon_start in a successor of a restart (restart.h): the
+ * readiness is reported on ready_fd, to the process that started it. */
+void ck_daemon_take_over(int ready_fd, bool background);
+
 /* Starts a thread that asks mountpoint for statfs (an absolute path, mounted) and,
  * once the file system answers, reports ready; in the background it then
  * leaves the terminal (stdio to /dev/null, log to syslog). 0 or an errno. */

@@ -18,8 +18,10 @@
 #include <utlist.h>
 #include "cache.h"
 #include "fdquota.h"
+#include "handles.h"
 #include "linkpath.h"
 #include "log.h"
+#include "mountinfo.h"
 #include "nodes.h"
 #include "view.h"
 
@@ -51,6 +53,12 @@ struct ck_fs {
 	 * so the daemon closes what is left when it ends. */
 	pthread_mutex_t open_lock;
 	struct open_file *open_files;
+	/* fi->fh of open files and of open directories (handles.h); unmounting
+	 * sends no releasedir for directories still open either */
+	struct ck_handles *handles, *dirs;
+	/* This daemon took the connection over (ckptfs restart): the kernel
+	 * holds node ids and handles the predecessor gave it. */
+	bool took_over;
 	struct ck_fdquota *fdq; /* each user's share of the descriptors */
 };
 
@@ -106,9 +114,12 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 		return NULL;
 	}
 	if (!(fs = calloc(1, sizeof(*fs))) || !(fs->cache = ck_cache_new(cache_bytes, CK_FS_CLAIM_WAIT_S)) ||
-	    !(fs->fdq = ck_fdquota_new(ck_fdquota_raise_limit()))) {
-		if (fs)
+	    ck_fs_take_over(fs, 0) || !(fs->fdq = ck_fdquota_new(ck_fdquota_raise_limit()))) {
+		if (fs) {
 			ck_cache_free(fs->cache);
+			ck_handles_free(fs->handles, NULL);
+			ck_handles_free(fs->dirs, NULL);
+		}
 		free(fs);
 		ck_err_nomem(e);
 		return NULL;
@@ -122,6 +133,8 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 	fs->nodes = ck_nodes_new(root_fd, (unsigned)nviews);
 	if (!fs->nodes) {
 		ck_err_set(e, errno, "%s", strerror(errno));
+		ck_handles_free(fs->handles, NULL);
+		ck_handles_free(fs->dirs, NULL);
 		ck_cache_free(fs->cache);
 		ck_fdquota_free(fs->fdq);
 		free(fs);
@@ -131,6 +144,7 @@ struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t 
 }
 
 static void close_view_file(struct ck_fs *fs, struct open_file *of);
+static void drop_dir(void *d);
 
 void ck_fs_free(struct ck_fs *fs)
 {
@@ -144,56 +158,39 @@ void ck_fs_free(struct ck_fs *fs)
 	pthread_mutex_destroy(&fs->open_lock);
 	for (size_t i = 0; i < fs->nroots; i++)
 		free(fs->roots[i]);
+	ck_handles_free(fs->handles, NULL); /* the files went with open_files */
+	ck_handles_free(fs->dirs, drop_dir);
 	ck_nodes_free(fs->nodes);
 	ck_cache_free(fs->cache);
 	ck_fdquota_free(fs->fdq);
 	free(fs);
 }
 
-/* mountinfo escapes space, tab, newline and backslash as \ooo. */
-static void unescape_octal(char *s)
+/* Also what a new mount does, with epoch 0 (no predecessor). */
+int ck_fs_take_over(struct ck_fs *fs, uint32_t epoch)
 {
-	char *o = s;
+	struct ck_handles *files = ck_handles_new(epoch), *dirs = ck_handles_new(epoch);
 
-	for (; *s; s++) {
-		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' && s[3] >= '0' &&
-		    s[3] <= '7') {
-			*o++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
-			s += 3;
-		} else {
-			*o++ = *s;
-		}
+	if (!files || !dirs) {
+		ck_handles_free(files, NULL);
+		ck_handles_free(dirs, NULL);
+		return -ENOMEM;
 	}
-	*o = '\0';
+	ck_handles_free(fs->handles, NULL);
+	ck_handles_free(fs->dirs, NULL);
+	fs->handles = files;
+	fs->dirs = dirs;
+	fs->took_over = epoch > 0;
+	return 0;
 }
 
 void ck_fs_note_mount(struct ck_fs *fs, const char *mountpoint)
 {
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	char *line = NULL;
-	size_t cap = 0;
-	dev_t dev = 0;
+	struct ck_mountinfo mi;
+	unsigned maj, min;
 
-	if (!f) {
-		ck_log(LOG_WARNING, "/proc/self/mountinfo: %s; a mount inside its own source is not detected",
-		       strerror(errno));
-		return;
-	}
-	/* "ID PARENT MAJOR:MINOR ROOT MOUNTPOINT ...": the last match is on top */
-	while (getline(&line, &cap, f) > 0) {
-		unsigned maj, min;
-		char *mp = NULL;
-		if (sscanf(line, "%*u %*u %u:%u %*s %ms", &maj, &min, &mp) == 3) {
-			unescape_octal(mp);
-			if (strcmp(mp, mountpoint) == 0)
-				dev = makedev(maj, min);
-		}
-		free(mp);
-	}
-	free(line);
-	fclose(f);
-	if (dev)
-		ck_nodes_set_self_dev(fs->nodes, dev);
+	if (ck_mountinfo_find(mountpoint, &mi) && sscanf(mi.dev, "%u:%u", &maj, &min) == 2)
+		ck_nodes_set_self_dev(fs->nodes, makedev(maj, min));
 	else
 		ck_log(LOG_WARNING, "%s: not in /proc/self/mountinfo; a mount inside its own source is not detected",
 		       mountpoint);
@@ -221,6 +218,29 @@ int ck_fs_add_source_path(struct ck_fs *fs, const char *path, struct ck_err *e)
 		}
 	fs->roots[fs->nroots++] = root;
 	return 0;
+}
+
+/* An id the table does not know, in a request other than lookup("."),
+ * after a take-over: the predecessor gave it to the kernel. Finds it in the
+ * source tree and holds it for the kernel, which counted its references
+ * with the predecessor; its forget drops it. */
+static bool adopted(struct ck_fs *fs, uint64_t id, int err)
+{
+	return err == -ESTALE && fs->took_over && ck_nodes_find_and_ref(fs->nodes, id) == 0;
+}
+
+static int locate(struct ck_fs *fs, uint64_t id, struct ck_located *loc)
+{
+	int err = ck_nodes_locate(fs->nodes, id, loc);
+
+	return adopted(fs, id, err) ? ck_nodes_locate(fs->nodes, id, loc) : err;
+}
+
+static int locate_latest(struct ck_fs *fs, uint64_t id, struct ck_located *loc, bool *passthrough)
+{
+	int err = ck_nodes_locate_latest(fs->nodes, id, loc, passthrough);
+
+	return adopted(fs, id, err) ? ck_nodes_locate_latest(fs->nodes, id, loc, passthrough) : err;
 }
 
 /* How messages name a view file: "plain/a/x.pth". */
@@ -396,7 +416,7 @@ static int node_attr(struct ck_fs *fs, uint64_t id, struct node_attr *na)
 		na->generation = 0;
 		return root_attr(fs, &na->attr);
 	}
-	err = ck_nodes_locate_latest(fs->nodes, id, &loc, &passthrough);
+	err = locate_latest(fs, id, &loc, &passthrough);
 	if (err < 0)
 		return err == -ESTALE ? open_version_attr(fs, id, na) : err;
 	err = located_attr(fs, &loc, na);
@@ -433,6 +453,8 @@ static int lookup_child(struct ck_fs *fs, uint64_t parent, const char *name, str
 	int err;
 
 	err = ck_nodes_locate_child(fs->nodes, parent, name, &loc);
+	if (adopted(fs, parent, err))
+		err = ck_nodes_locate_child(fs->nodes, parent, name, &loc);
 	if (err)
 		return err;
 	err = located_attr(fs, &loc, na);
@@ -461,6 +483,8 @@ static int lookup(struct ck_fs *fs, uint64_t parent, const char *name, struct no
 		return ref_node(fs, parent, true, na);
 	if (strcmp(name, "..") == 0) {
 		err = ck_nodes_parent(fs->nodes, parent, &up);
+		if (adopted(fs, parent, err))
+			err = ck_nodes_parent(fs->nodes, parent, &up);
 		return err ? err : ref_node(fs, up, false, na);
 	}
 	if (parent == FUSE_ROOT_ID) {
@@ -502,15 +526,20 @@ static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 }
 
 static int open_file_attr(struct ck_fs *fs, struct open_file *of, struct stat *attr);
+static int open_file_of(struct ck_fs *fs, fuse_req_t req, uint64_t ino, uint64_t fh,
+			struct open_file **out);
 
 /* An open file answers from its own descriptor (the kernel passes it only
  * for regular files): the version it opened keeps serving. */
 static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ck_fs *fs = fs_of(req);
+	struct open_file *of = NULL;
 	struct node_attr na;
-	int err = fi ? open_file_attr(fs, (struct open_file *)(uintptr_t)fi->fh, &na.attr)
-		     : node_attr(fs, ino, &na);
+	int err = fi ? open_file_of(fs, req, ino, fi->fh, &of) : 0;
+
+	if (!err)
+		err = of ? open_file_attr(fs, of, &na.attr) : node_attr(fs, ino, &na);
 
 	if (err)
 		fuse_reply_err(req, -err);
@@ -527,7 +556,7 @@ static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 	char target[PATH_MAX], shown[PATH_MAX];
 	struct ck_located loc;
 	ssize_t n = -1;
-	int err = ck_nodes_locate(fs->nodes, ino, &loc);
+	int err = locate(fs, ino, &loc);
 
 	if (!err) {
 		n = readlinkat(loc.fd, "", target, sizeof(target));
@@ -691,7 +720,7 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out,
 	bool passthrough;
 	int err;
 
-	err = ck_nodes_locate_latest(fs->nodes, id, &loc, &passthrough);
+	err = locate_latest(fs, id, &loc, &passthrough);
 	if (err < 0)
 		return err;
 	if (!S_ISREG(loc.st.st_mode)) {
@@ -753,20 +782,61 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	of->uid = fuse_req_ctx(req)->uid;
-	fi->fh = (uintptr_t)of;
 	fi->keep_cache = !moved;
 	fi->direct_io = moved;
 	pthread_mutex_lock(&fs->open_lock);
 	DL_APPEND(fs->open_files, of);
 	pthread_mutex_unlock(&fs->open_lock);
-	if (fuse_reply_open(req, fi)) /* interrupted: no release will come */
+	fi->fh = ck_handles_add(fs->handles, of);
+	if (!fi->fh) {
 		release_view_file(fs, of);
+		fuse_reply_err(req, ENOMEM);
+	} else if (fuse_reply_open(req, fi)) { /* interrupted: no release will come */
+		release_view_file(fs, ck_handles_take(fs->handles, fi->fh));
+	}
 }
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	release_view_file(fs_of(req), (struct open_file *)(uintptr_t)fi->fh);
+	struct ck_fs *fs = fs_of(req);
+	struct open_file *of = ck_handles_take(fs->handles, fi->fh);
+
+	if (of) /* else opened before a restart and never read since */
+		release_view_file(fs, of);
 	fuse_reply_err(req, 0);
+}
+
+/* The file a read names. One opened before a take-over (ckptfs restart)
+ * is opened again by its node id, once, and kept under the old handle: a
+ * node names one version, so a source changed since is ESTALE (or, never
+ * a checkpoint, read as it is now, as for any open). The reader's uid
+ * holds its descriptor. */
+static int open_file_of(struct ck_fs *fs, fuse_req_t req, uint64_t ino, uint64_t fh,
+			struct open_file **out)
+{
+	struct open_file *of = ck_handles_get(fs->handles, fh), *won;
+	uid_t uid = fuse_req_ctx(req)->uid;
+	bool moved;
+	int err;
+
+	if (of || !fs->took_over) {
+		*out = of;
+		return of ? 0 : -EBADF;
+	}
+	err = ck_fdquota_take(fs->fdq, uid);
+	if (!err && (err = open_view_file(fs, ino, &of, &moved)))
+		ck_fdquota_give(fs->fdq, uid);
+	if (err)
+		return err;
+	of->uid = uid;
+	pthread_mutex_lock(&fs->open_lock);
+	DL_APPEND(fs->open_files, of);
+	pthread_mutex_unlock(&fs->open_lock);
+	won = ck_handles_adopt(fs->handles, fh, of);
+	if (won != of)
+		release_view_file(fs, of);
+	*out = won;
+	return won ? 0 : -ENOMEM;
 }
 
 /* Source bytes go by splice from the source's page cache to the reader's:
@@ -983,13 +1053,20 @@ static int reply_view(fuse_req_t req, struct ck_fs *fs, struct open_file *of, co
  * read as the source does. */
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
-	struct open_file *of = (struct open_file *)(uintptr_t)fi->fh;
-	const struct ck_built *b = ck_cache_built(of->src.ent);
-	struct ck_extent whole = {.len = (uint64_t)of->src.st.st_size, .kind = CK_EXTENT_SRC};
-	struct ck_layout unchanged = {.size = whole.len, .n = 1, .ext = &whole};
+	struct open_file *of;
+	const struct ck_built *b;
+	struct ck_extent whole;
+	struct ck_layout unchanged;
 	struct stat now;
-	int err = 0;
+	int err = open_file_of(fs_of(req), req, ino, fi->fh, &of);
 
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	b = ck_cache_built(of->src.ent);
+	whole = (struct ck_extent){.len = (uint64_t)of->src.st.st_size, .kind = CK_EXTENT_SRC};
+	unchanged = (struct ck_layout){.size = whole.len, .n = 1, .ext = &whole};
 	if (of->passthrough) {
 		err = fstat(of->src.fd, &now) ? -errno : check_passthrough(fs_of(req), of, &now);
 		if (!err)
@@ -1007,7 +1084,7 @@ static int open_dir(struct ck_fs *fs, uint64_t id, struct dir_handle **out)
 	struct dir_handle *d;
 	int err, fd;
 
-	err = ck_nodes_locate(fs->nodes, id, &loc);
+	err = locate(fs, id, &loc);
 	if (err)
 		return err;
 	fd = S_ISDIR(loc.st.st_mode) ? reopen(&loc, O_RDONLY | O_DIRECTORY) : -ENOTDIR;
@@ -1027,11 +1104,19 @@ static int open_dir(struct ck_fs *fs, uint64_t id, struct dir_handle **out)
 	return 0;
 }
 
+/* What the daemon's end closes (ck_fs_free): no share to give back then. */
+static void drop_dir(void *obj)
+{
+	struct dir_handle *d = obj;
+
+	closedir(d->dp);
+	free(d);
+}
+
 static void close_dir(struct ck_fs *fs, struct dir_handle *d)
 {
 	ck_fdquota_give(fs->fdq, d->uid);
-	closedir(d->dp);
-	free(d);
+	drop_dir(d);
 }
 
 /* The mount root's listing is made up; fh 0 stands for it. */
@@ -1044,22 +1129,54 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 	if (!err && ino != FUSE_ROOT_ID && (err = open_dir(fs, ino, &d)))
 		ck_fdquota_give(fs->fdq, uid);
+	if (d)
+		d->uid = uid;
+	if (!err && d && !(fi->fh = ck_handles_add(fs->dirs, d))) {
+		close_dir(fs, d);
+		err = -ENOMEM;
+	}
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;
 	}
-	if (d)
-		d->uid = uid;
-	fi->fh = (uintptr_t)d;
 	if (fuse_reply_open(req, fi) && d) /* interrupted: no releasedir will come */
-		close_dir(fs, d);
+		close_dir(fs, ck_handles_take(fs->dirs, fi->fh));
 }
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	if (fi->fh)
-		close_dir(fs_of(req), (struct dir_handle *)(uintptr_t)fi->fh);
+	struct ck_fs *fs = fs_of(req);
+	struct dir_handle *d = fi->fh ? ck_handles_take(fs->dirs, fi->fh) : NULL;
+
+	if (d)
+		close_dir(fs, d);
 	fuse_reply_err(req, 0);
+}
+
+/* A directory handle; like open_file_of for one opened before a take-over
+ * (the offsets the kernel holds are the source directory's own cookies). */
+static int dir_of(struct ck_fs *fs, fuse_req_t req, uint64_t ino, uint64_t fh,
+		  struct dir_handle **out)
+{
+	struct dir_handle *d = ck_handles_get(fs->dirs, fh), *won;
+	uid_t uid = fuse_req_ctx(req)->uid;
+	int err;
+
+	if (d || !fs->took_over) {
+		*out = d;
+		return d ? 0 : -EBADF;
+	}
+	err = ck_fdquota_take(fs->fdq, uid);
+	if (!err && (err = open_dir(fs, ino, &d)))
+		ck_fdquota_give(fs->fdq, uid);
+	if (err)
+		return err;
+	d->uid = uid;
+	won = ck_handles_adopt(fs->dirs, fh, d);
+	if (won != d)
+		close_dir(fs, d);
+	*out = won;
+	return won ? 0 : -ENOMEM;
 }
 
 /* Adds one entry; false when it does not fit. */
@@ -1129,9 +1246,13 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	if (fi->fh)
-		err = fill_dir(req, fs, (struct dir_handle *)(uintptr_t)fi->fh, buf, size, off, &used);
-	else
+	if (fi->fh) {
+		struct dir_handle *d;
+
+		err = dir_of(fs, req, ino, fi->fh, &d);
+		if (!err)
+			err = fill_dir(req, fs, d, buf, size, off, &used);
+	} else
 		used = fill_root(req, fs, buf, size, off);
 	/* Entries already read are worth replying; the error comes back next call. */
 	if (err && used == 0)
@@ -1219,7 +1340,7 @@ static int node_xattrs(struct ck_fs *fs, fuse_req_t req, uint64_t id, struct xat
 		add_xattr(xs, "user.ckptfs.builds", builds);
 		return 0;
 	}
-	err = ck_nodes_locate(fs->nodes, id, &loc);
+	err = locate(fs, id, &loc);
 	if (err)
 		return err;
 	if (S_ISREG(loc.st.st_mode))
@@ -1251,7 +1372,7 @@ static ssize_t source_acl(struct ck_fs *fs, uint64_t id, const char *name, void 
 		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", ck_nodes_root_fd(fs->nodes));
 	} else {
 		bool passthrough;
-		int err = ck_nodes_locate_latest(fs->nodes, id, &loc, &passthrough);
+		int err = locate_latest(fs, id, &loc, &passthrough);
 
 		/* An ACL is the file's, whatever its version. A node no file
 		 * answers to any more (replaced, or still being written) serves

@@ -7,6 +7,7 @@
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
 #include <stddef.h>
+#include <stdint.h>
 #include "err.h"
 #include "view.h"
 
@@ -25,6 +26,12 @@ void ck_fs_free(struct ck_fs *fs);
  * it are shown relative, inside the view. Up to two; a path with ".." is
  * ignored (lexically it may name another place). */
 int ck_fs_add_source_path(struct ck_fs *fs, const char *path, struct ck_err *e);
+
+/* Before serving: this daemon takes over a FUSE connection another one
+ * served (ckptfs restart). Node ids the kernel got from it are found again
+ * in the source tree, handles it gave out are opened again by node id;
+ * epoch must exceed the predecessor's (whose first is 0). */
+int ck_fs_take_over(struct ck_fs *fs, uint32_t epoch);
 
 /* Once mounted at mountpoint (an absolute, resolved path): learns the
  * mount's device from /proc/self/mountinfo (asking the mount itself would

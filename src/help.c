@@ -27,6 +27,8 @@ static const char overview[] =
 	"Commands:\n"
 	"  mount     mount SOURCE at MOUNTPOINT; returns once the file system answers\n"
 	"  umount    unmount a ckptfs file system\n"
+	"  restart   restart the daemon of a mount (an upgraded binary) without\n"
+	"            unmounting\n"
 	"  inspect   tell what checkpoints hold and what each view changes\n"
 	"  convert   write a view of a checkpoint to a new file\n"
 	"  cat       write a view of a checkpoint to standard output\n"
@@ -94,6 +96,24 @@ static const char umount_help[] =
 	"                  away when the last is closed\n"
 	"  -h, --help      show this help and exit\n";
 
+static const char restart_help[] =
+	"Usage: " PACKAGE " restart MOUNTPOINT\n"
+	"\n"
+	"Restarts the daemon serving the ckptfs mount at MOUNTPOINT without\n"
+	"unmounting: it finishes the requests it has, and a new daemon running the\n"
+	"ckptfs binary again (an upgraded one too) takes over the FUSE connection.\n"
+	"Open files, directory listings and an NFS server exporting the mount go on\n"
+	"after a pause. The new daemon is a new process (it tells systemd MAINPID=);\n"
+	"the old one exits 0 once the new one serves. If the new one fails to start\n"
+	"(a binary that does not run) or does not answer within 20 s, the old one\n"
+	"serves on and says why in its log. SIGHUP to the daemon does the same.\n"
+	"The new daemon's command line carries --takeover=FD:EPOCH:READY_FD, which\n"
+	"is for this use only. Returns once the new daemon answers, or exits 1\n"
+	"after 30 s.\n"
+	"\n"
+	"Options:\n"
+	"  -h, --help      show this help and exit\n";
+
 static const char inspect_help[] =
 	"Usage: " PACKAGE " inspect [--json] [-o view=SPEC]... FILE...\n"
 	"\n"
@@ -153,8 +173,8 @@ static const char help_help[] =
 static const struct {
 	const char *cmd, *text;
 } helps[] = {
-	{"mount", mount_help}, {"umount", umount_help}, {"inspect", inspect_help},
-	{"convert", convert_help}, {"cat", cat_help}, {"help", help_help},
+	{"mount", mount_help}, {"umount", umount_help}, {"restart", restart_help},
+	{"inspect", inspect_help}, {"convert", convert_help}, {"cat", cat_help}, {"help", help_help},
 };
 
 void cli_help(const char *cmd)

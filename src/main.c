@@ -20,8 +20,8 @@ static const struct {
 	const char *name;
 	int (*run)(int argc, char **argv);
 } commands[] = {
-	{"mount", cmd_mount}, {"umount", cmd_umount}, {"inspect", cmd_inspect},
-	{"convert", cmd_convert}, {"cat", cmd_cat}, {"help", cmd_help},
+	{"mount", cmd_mount}, {"umount", cmd_umount}, {"restart", cmd_restart},
+	{"inspect", cmd_inspect}, {"convert", cmd_convert}, {"cat", cmd_cat}, {"help", cmd_help},
 };
 
 int main(int argc, char **argv)

@@ -10,8 +10,10 @@
 #include <sched.h>
 #include <seccomp.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -277,15 +279,82 @@ int ck_sandbox_confine(bool as_nobody, struct ck_err *e)
 	return load_filters(e);
 }
 
-/* The unmounter: waits, unconfined, for the daemon's word. The mount's
- * /dev/fuse descriptor must not stay open here: a daemon that dies would
- * leave a mount that hangs instead of failing. Nor may the caller's stdout
- * or stderr: whoever started a background mount reads them to the end. */
-static void unmounter(int from_daemon, const char *mountpoint, bool foreground)
+/* The daemon's requests to the unmounter, one datagram each. */
+#define REQ_UNMOUNT 'u'
+#define REQ_RESTART 'r' /* with the /dev/fuse and source root descriptors */
+#define REPLY_SERVES 'R'
+
+/* Receives a request with the descriptors it carries (close-on-exec); 0 at
+ * the daemon's end (EOF: "do not unmount"). */
+static char receive(int sock, int fds[2])
 {
-	int null = open("/dev/null", O_RDWR);
-	char c;
+	char buf[CMSG_SPACE(2 * sizeof(int))], op = 0;
+	struct iovec iov = {.iov_base = &op, .iov_len = 1};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = buf,
+			     .msg_controllen = sizeof(buf)};
+	struct cmsghdr *c;
 	ssize_t n;
+
+	fds[0] = fds[1] = -1;
+	while ((n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+		;
+	if (n != 1)
+		return 0;
+	c = CMSG_FIRSTHDR(&msg);
+	if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+	    c->cmsg_len == CMSG_LEN(2 * sizeof(int)))
+		memcpy(fds, CMSG_DATA(c), 2 * sizeof(int));
+	return op;
+}
+
+extern char **environ;
+
+/* Detaches the mount lazily, as libfuse does (a reader may hold a file
+ * open): umount2 as root, else fusermount3. Unconfined only. */
+static void detach(const char *mountpoint)
+{
+	char *argv[] = {"fusermount3", "-u", "-q", "-z", "--", (char *)mountpoint, NULL};
+	pid_t pid;
+	int status, err;
+
+	if (geteuid() == 0) {
+		if (umount2(mountpoint, MNT_DETACH | UMOUNT_NOFOLLOW) && errno != EINVAL)
+			ck_log(LOG_ERR, "%s: unmounting: %s", mountpoint, strerror(errno));
+		return;
+	}
+	if ((err = posix_spawnp(&pid, argv[0], NULL, NULL, argv, environ)))
+		ck_log(LOG_ERR, "fusermount3: %s", strerror(err));
+	else
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
+}
+
+/* Starts the successor; replies 'R' once it serves, else why not. */
+static void restart(int sock, const int fds[2], ck_sandbox_spawn_fn *spawn)
+{
+	char reply[256] = {'!'};
+
+	if (fds[0] < 0 || fds[1] < 0)
+		snprintf(reply + 1, sizeof(reply) - 1, "no descriptors came with the request");
+	else if (spawn(fds[0], fds[1], reply + 1, sizeof(reply) - 1) == 0)
+		reply[0] = REPLY_SERVES;
+	for (int i = 0; i < 2; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	(void)!send(sock, reply, reply[0] == REPLY_SERVES ? 1 : 1 + strlen(reply + 1), MSG_NOSIGNAL);
+}
+
+/* The unmounter: waits, unconfined, for the daemon's word; it also starts
+ * the successor of a restart (restart.h), which a confined daemon cannot.
+ * The mount's /dev/fuse descriptor must not stay open here: a daemon that
+ * dies would leave a mount that hangs instead of failing. Nor may the
+ * caller's stdout or stderr: whoever started a background mount reads them
+ * to the end. */
+static void unmounter(int from_daemon, const char *mountpoint, bool foreground,
+		      ck_sandbox_spawn_fn *spawn)
+{
+	int null = open("/dev/null", O_RDWR), fds[2];
+	char op;
 
 	prctl(PR_SET_NAME, PACKAGE "-umount", 0, 0, 0);
 	signal(SIGINT, SIG_IGN); /* ^C reaches the whole process group */
@@ -297,23 +366,15 @@ static void unmounter(int from_daemon, const char *mountpoint, bool foreground)
 		ck_log_to_syslog();
 		dup2(null, STDERR_FILENO);
 	}
-	if (dup2(from_daemon, STDERR_FILENO + 1) < 0)
+	/* not for a successor it starts */
+	if (dup2(from_daemon, STDERR_FILENO + 1) < 0 || fcntl(STDERR_FILENO + 1, F_SETFD, FD_CLOEXEC))
 		_exit(1);
 	close_range(STDERR_FILENO + 2, ~0U, 0);
-	do
-		n = read(STDERR_FILENO + 1, &c, 1);
-	while (n < 0 && errno == EINTR);
-	if (n != 1)
-		_exit(0);
-	/* as libfuse does: lazily (a reader may hold a file open) */
-	if (geteuid() == 0) {
-		if (umount2(mountpoint, MNT_DETACH | UMOUNT_NOFOLLOW) && errno != EINVAL)
-			ck_log(LOG_ERR, "%s: unmounting: %s", mountpoint, strerror(errno));
-		_exit(0);
-	}
-	execlp("fusermount3", "fusermount3", "-u", "-q", "-z", "--", mountpoint, (char *)NULL);
-	ck_log(LOG_ERR, "fusermount3: %s", strerror(errno));
-	_exit(127);
+	while ((op = receive(STDERR_FILENO + 1, fds)) == REQ_RESTART)
+		restart(STDERR_FILENO + 1, fds, spawn);
+	if (op == REQ_UNMOUNT)
+		detach(mountpoint);
+	_exit(0);
 }
 
 /* libfuse opens /dev/fuse again for each worker thread (clone_fd); where
@@ -329,14 +390,15 @@ static bool fuse_open_to_all(void)
 	return false;
 }
 
-int ck_sandbox_enter(struct ck_sandbox *sb, const char *mountpoint, bool foreground, struct ck_err *e)
+int ck_sandbox_enter(struct ck_sandbox *sb, const char *mountpoint, bool foreground,
+		     ck_sandbox_spawn_fn *spawn, struct ck_err *e)
 {
 	int p[2];
 
 	*sb = (struct ck_sandbox){.unmounter = -1, .to_unmounter = -1};
 	/* no unmounter yet: the caller unmounts itself if this fails */
-	if (pipe2(p, O_CLOEXEC))
-		return ck_err_set(e, errno, "sandbox: pipe: %s", strerror(errno));
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, p))
+		return ck_err_set(e, errno, "sandbox: socketpair: %s", strerror(errno));
 	sb->unmounter = fork();
 	if (sb->unmounter < 0) {
 		close(p[0]);
@@ -344,26 +406,64 @@ int ck_sandbox_enter(struct ck_sandbox *sb, const char *mountpoint, bool foregro
 		return ck_err_set(e, errno, "sandbox: fork: %s", strerror(errno));
 	}
 	if (sb->unmounter == 0)
-		unmounter(p[0], mountpoint, foreground);
+		unmounter(p[0], mountpoint, foreground, spawn);
 	close(p[0]);
 	sb->to_unmounter = p[1];
 	/* from here on (failure included: partly confined) the unmounter unmounts */
 	return ck_sandbox_confine(fuse_open_to_all(), e);
 }
 
-void ck_sandbox_unmount(struct ck_sandbox *sb, int fuse_fd)
+void ck_sandbox_leave(struct ck_sandbox *sb)
 {
-	struct pollfd pfd = {.fd = fuse_fd};
-
 	if (sb->unmounter <= 0)
 		return;
-
-	/* POLLERR: unmounted or aborted from outside already */
-	if (!(poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR)))
-		while (write(sb->to_unmounter, "u", 1) < 0 && errno == EINTR)
-			;
 	close(sb->to_unmounter);
 	while (waitpid(sb->unmounter, NULL, 0) < 0 && errno == EINTR)
 		;
 	sb->unmounter = -1;
+}
+
+void ck_sandbox_unmount(struct ck_sandbox *sb, int fuse_fd, const char *taken_over)
+{
+	struct pollfd pfd = {.fd = fuse_fd};
+
+	if (sb->unmounter <= 0 && !taken_over)
+		return;
+	/* POLLERR: unmounted or aborted from outside already */
+	if (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR))
+		ck_sandbox_leave(sb);
+	else if (sb->unmounter <= 0)
+		detach(taken_over);
+	else {
+		while (send(sb->to_unmounter, (char[]){REQ_UNMOUNT}, 1, MSG_NOSIGNAL) < 0 && errno == EINTR)
+			;
+		ck_sandbox_leave(sb);
+	}
+}
+
+int ck_sandbox_restart(struct ck_sandbox *sb, int fuse_fd, int source_fd, char *why, size_t size)
+{
+	char buf[CMSG_SPACE(2 * sizeof(int))] = {0}, reply[256];
+	struct iovec iov = {.iov_base = (char[]){REQ_RESTART}, .iov_len = 1};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = buf,
+			     .msg_controllen = sizeof(buf)};
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	ssize_t n;
+
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(2 * sizeof(int));
+	memcpy(CMSG_DATA(c), (int[]){fuse_fd, source_fd}, 2 * sizeof(int));
+	while ((n = sendmsg(sb->to_unmounter, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+		;
+	if (n == 1)
+		while ((n = recv(sb->to_unmounter, reply, sizeof(reply) - 1, 0)) < 0 && errno == EINTR)
+			;
+	if (n <= 0)
+		return snprintf(why, size, "the unmounter is gone"), -1;
+	reply[n] = '\0';
+	if (reply[0] == REPLY_SERVES)
+		return 0;
+	snprintf(why, size, "%s", reply + 1);
+	return -1;
 }

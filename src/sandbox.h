@@ -9,7 +9,8 @@
  *
  * Unmounting at the end needs umount2() or an exec of fusermount3, both
  * out of reach inside: a small process forked before the confinement
- * does it when the daemon asks, and nothing else. */
+ * does it when the daemon asks. It also starts the successor of a restart
+ * (restart.h): the exec of a binary, out of reach inside as well. */
 #ifndef CKPTFS_SANDBOX_H
 #define CKPTFS_SANDBOX_H
 
@@ -33,21 +34,37 @@
 
 struct ck_sandbox {
 	pid_t unmounter;   /* > 0 once forked: from then on it unmounts */
-	int to_unmounter;  /* a pipe: one byte means "unmount", EOF "do not" */
+	int to_unmounter;  /* a unix socket: a request a datagram, EOF "do not unmount" */
 };
+
+/* How the unmounter starts the successor of a restart (ck_restart_spawn):
+ * 0 once it serves, else -1 and why. */
+typedef int ck_sandbox_spawn_fn(int fuse_fd, int source_fd, char *why, size_t size);
 
 /* Forks the unmounter for mountpoint (an absolute path), then confines the
  * calling process and all its threads. Unless foreground, the unmounter
  * logs to syslog and keeps none of the caller's standard streams. On failure the process may be
  * partly confined; if sb->unmounter > 0, ck_sandbox_unmount still works. */
-int ck_sandbox_enter(struct ck_sandbox *sb, const char *mountpoint, bool foreground, struct ck_err *e);
+int ck_sandbox_enter(struct ck_sandbox *sb, const char *mountpoint, bool foreground,
+		     ck_sandbox_spawn_fn *spawn, struct ck_err *e);
 
-/* The end of a confined daemon, before fuse_session_unmount() (whose
- * umount2 the filter turns into a no-op): has the unmounter detach the
- * mount, unless fuse_fd (the session's) says the connection is gone
- * (unmounted from outside: the path may hold another mount by now), and
- * waits for it. Nothing to do without an unmounter. */
-void ck_sandbox_unmount(struct ck_sandbox *sb, int fuse_fd);
+/* The end of a daemon, before fuse_session_unmount() (whose umount2 the
+ * filter turns into a no-op): has the unmounter detach the mount, unless
+ * fuse_fd (the session's) says the connection is gone (unmounted from
+ * outside: the path may hold another mount by now), and waits for it.
+ * taken_over: the mount point of a connection this daemon took over, which
+ * libfuse cannot unmount; without an unmounter (-o nosandbox) this process
+ * detaches it. Nothing to do otherwise. */
+void ck_sandbox_unmount(struct ck_sandbox *sb, int fuse_fd, const char *taken_over);
+
+/* The end without unmounting: the mount was handed to a successor, or this
+ * daemon is a successor that failed before it served. */
+void ck_sandbox_leave(struct ck_sandbox *sb);
+
+/* A restart (restart.h): sends the /dev/fuse and source root descriptors
+ * to the unmounter, which starts the successor; 0 once that serves, else
+ * -1 and why. Only with an unmounter. */
+int ck_sandbox_restart(struct ck_sandbox *sb, int fuse_fd, int source_fd, char *why, size_t size);
 
 /* The confinement alone (capabilities, no_new_privs, the filter), applied
  * to the calling process and its threads; for ck_sandbox_enter and tests.

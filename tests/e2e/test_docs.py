@@ -114,10 +114,11 @@ def test_commands_agree():
     man = set(man_sections()) - {None}
     readme = set(readme_sections()) - {None}
     assert help_commands() == man == readme, (help_commands(), man, readme)
-    assert help_commands() >= {"mount", "umount", "inspect", "convert", "cat", "help"}
+    assert help_commands() >= {"mount", "umount", "restart", "inspect", "convert", "cat", "help"}
 
 
-@pytest.mark.parametrize("cmd", ["mount", "umount", "inspect", "convert", "cat", "help", None])
+@pytest.mark.parametrize("cmd", ["mount", "umount", "restart", "inspect", "convert", "cat", "help",
+                                 None])
 def test_options_agree(cmd):
     need_binary()
     if cmd is None:
@@ -131,7 +132,7 @@ def test_options_agree(cmd):
     assert "--help" in got
 
 
-@pytest.mark.parametrize("cmd", ["mount", "umount", "inspect", "convert", "cat", "help"])
+@pytest.mark.parametrize("cmd", ["mount", "umount", "restart", "inspect", "convert", "cat", "help"])
 def test_command_help_forms(cmd):
     """ckptfs CMD --help == ckptfs help CMD, exit 0, on stdout."""
     need_binary()
