@@ -1,0 +1,120 @@
+/* Private to the pickle rewriter (src/pickle*.c). The passes, one file
+ * each: tokenize (pickle_tok.c) -> run the symbolic machine
+ * (pickle_machine.c) -> find the state dicts (pickle_find.c) -> plan the
+ * renames (pickle_plan.c) -> emit (pickle_emit.c); pickle.c holds the
+ * whole and the one allocator. Every table is a VEC grown by pk_grow, and
+ * every object, op and item is addressed by index: no pointer into a table
+ * is kept across anything that may grow it. */
+#ifndef CKPTFS_PICKLE_INT_H
+#define CKPTFS_PICKLE_INT_H
+
+#include "pickle.h"
+
+/* ---- the one growable array ------------------------------------------- */
+
+#define VEC(T) struct { T *v; uint32_t n, cap; }
+
+/* Makes *cap >= want (doubling), the new tail zeroed; -1 when out of memory
+ * or past UINT32_MAX elements. Arrays of 1 MiB and up get a mapping of
+ * their own, backed by huge pages where the kernel has them. */
+int pk_grow(void **v, uint32_t *cap, uint64_t want, size_t sz);
+void pk_free(void *p, size_t bytes);
+
+#define VEC_RESERVE(x, want) pk_grow((void **)&(x).v, &(x).cap, (want), sizeof(*(x).v))
+#define VEC_FREE(x) pk_free((x).v, (size_t)(x).cap * sizeof(*(x).v))
+
+/* ---- the symbolic machine's tables ------------------------------------- */
+
+enum kind { K_OTHER, K_STR, K_DICT, K_SEQ, K_GLOBAL, K_TENSOR };
+enum { G_ODICT = 1, G_TENSOR = 2 };                     /* what a K_GLOBAL names */
+enum { F_SEEN_CAND = 4, F_SEEN_OTHER = 8, F_STATE_DICT = 16 }; /* set by the finder */
+#define NONE_ID 0u /* object 0: "anything we do not track" */
+
+struct obj {
+	uint32_t a; /* K_STR: the op that pushes its bytes; K_DICT, K_SEQ: its index */
+	uint8_t kind, flags;
+};
+
+/* Dict items and sequence elements live in one array each; a container
+ * chains its own through `next` (index + 1, 0 ends). */
+struct item {
+	uint32_t key, val, next;
+	uint32_t key_op : 31, in_batch : 1; /* in_batch: from a MARK ... SETITEMS/DICT */
+};
+
+struct dict {
+	uint32_t first, last, n;
+	uint32_t meta; /* the _metadata dict BUILD gave an OrderedDict, or NONE_ID */
+	bool odict;    /* reduced from collections.OrderedDict */
+};
+
+struct kid { uint32_t obj, next; };
+struct seq { uint32_t first, last, n; };
+
+/* What the emitter needs of an op beyond its bytes, kept only for FRAME and
+ * for memo gets, puts and DUPs of strings (the only values a rename can
+ * change): get: object, memo index; DUP: object, the op that pushed it;
+ * put: the op that pushed the top, memo index. */
+struct ref { uint32_t op, a, b; };
+
+struct slot { uint32_t obj, op; }; /* stack entry: value and the op that pushed it */
+
+struct machine {
+	const uint8_t *in;
+	size_t n;
+	struct ck_err *e;
+	VEC(uint32_t) pos; /* op i spans pos[i] .. pos[i + 1]; pos.n ops + the end */
+	VEC(struct obj) objs;
+	VEC(struct dict) dicts;
+	VEC(struct item) items;
+	VEC(struct seq) seqs;
+	VEC(struct kid) kids;
+	VEC(struct ref) refs; /* in op order */
+	VEC(struct slot) stack;
+	VEC(uint32_t) marks;
+	VEC(uint32_t) memo; /* memo index -> object + 1 (0: unset), grown as puts come */
+	uint32_t memo_set;  /* how many memo indices are set (MEMOIZE's next index) */
+};
+
+#define NOPS(m) ((m)->pos.n)
+#define OP_BYTE(m, i) ((m)->in[(m)->pos.v[i]])
+#define OP_LEN(m, i) ((m)->pos.v[(i) + 1] - (m)->pos.v[i])
+
+static inline struct obj pk_obj(const struct machine *m, uint32_t id) { return m->objs.v[id]; }
+
+/* The bytes of a K_STR object, inside the input (which never moves). */
+struct ck_str pk_str(const struct machine *m, uint32_t obj);
+
+int pk_fail(const struct machine *m, uint32_t op, const char *what);
+void pk_machine_free(struct machine *m);
+
+/* ---- the passes --------------------------------------------------------- */
+
+/* Walks the opcodes to STOP, recording their offsets when `record`. */
+size_t pk_scan(struct machine *m, bool record, bool *short_input);
+int pk_run(struct machine *m);
+int pk_find_state_dicts(struct machine *m, uint32_t root);
+int pk_report_state_dicts(struct machine *m, uint32_t root, ck_found_fn fn, void *ctx);
+
+/* A renamed key op, or the op before which the wrapper's own `_metadata`
+ * entry goes (s NULL): sparse, sorted by op once planned. */
+enum { INS_NONE, INS_IN_BATCH, INS_SETITEM };
+struct ren {
+	uint32_t op, len;
+	char *s;
+	uint32_t seq; /* order planned: of two plans for one op, the later holds */
+	uint8_t ins;
+};
+
+struct plan {
+	VEC(struct ren) ren;
+	uint64_t max_out; /* the output's bound (CK_PICKLE_GROWTH in pickle.h) */
+};
+
+int pk_plan(struct machine *m, struct plan *p, const struct ck_view *v);
+void pk_plan_free(struct plan *p);
+/* The index + 1 of op's rename with a string, 0 if none. */
+uint32_t pk_renamed(const struct plan *p, uint32_t op);
+int pk_emit(struct machine *m, const struct plan *p, struct ck_buf *out);
+
+#endif
