@@ -13,6 +13,7 @@ struct emitter {
 	const struct plan *p;
 	struct ck_buf *out;
 	size_t from;               /* start of the pending verbatim run */
+	uint32_t r;                /* plan entries done: a put's string is most often the last */
 	VEC(uint32_t) slot;        /* memo index -> what it holds in the output: rename + 1, 0: as in the input */
 };
 
@@ -56,7 +57,7 @@ static struct ck_str ren_str(const struct plan *p, uint32_t r) /* r: rename + 1 
 static void emit_copy(struct emitter *em, const struct ref *f, uint32_t want_r)
 {
 	struct ck_str orig = pk_str(em->m, f->a);
-	uint32_t held_r = OP_BYTE(em->m, f->op) == '2' ? pk_renamed(em->p, f->b) : em->slot.v[f->b];
+	uint32_t held_r = OP_BYTE(em->m, f->op) == '2' ? pk_renamed(em->p, f->b, em->r) : em->slot.v[f->b];
 	struct ck_str want = want_r ? ren_str(em->p, want_r) : orig;
 	struct ck_str cur = held_r ? ren_str(em->p, held_r) : orig;
 
@@ -85,7 +86,7 @@ static void emit_op(struct emitter *em, uint32_t op, const struct ren *r, const 
 		break;
 	case 'q': case 'r': case 'p': case 0x94:
 		if (f)
-			em->slot.v[f->b] = pk_renamed(em->p, f->a);
+			em->slot.v[f->b] = pk_renamed(em->p, f->a, em->r);
 		break;
 	default:
 		if (r && r->s) { /* a renamed key literal */
@@ -98,19 +99,19 @@ static void emit_op(struct emitter *em, uint32_t op, const struct ren *r, const 
 int pk_emit(struct machine *m, const struct plan *p, struct ck_buf *out)
 {
 	struct emitter em = {.m = m, .p = p, .out = out};
-	uint32_t r = 0, f = 0;
+	uint32_t f = 0;
 
 	if (VEC_RESERVE(em.slot, m->memo.cap + 1ull))
 		return ck_err_nomem(m->e);
-	while ((r < p->ren.n || f < m->refs.n) && out->len <= p->max_out) {
-		uint32_t op = r < p->ren.n ? p->ren.v[r].op : UINT32_MAX;
+	while ((em.r < p->ren.n || f < m->refs.n) && out->len <= p->max_out) {
+		uint32_t op = em.r < p->ren.n ? p->ren.v[em.r].op : UINT32_MAX;
 		const struct ren *rh = NULL;
 		const struct ref *fh = NULL;
 
 		if (f < m->refs.n && m->refs.v[f].op < op)
 			op = m->refs.v[f].op;
-		if (r < p->ren.n && p->ren.v[r].op == op)
-			rh = &p->ren.v[r++];
+		if (em.r < p->ren.n && p->ren.v[em.r].op == op)
+			rh = &p->ren.v[em.r++];
 		if (f < m->refs.n && m->refs.v[f].op == op)
 			fh = &m->refs.v[f++];
 		emit_op(&em, op, rh, fh);

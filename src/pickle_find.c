@@ -180,12 +180,12 @@ static int walk_to(struct machine *m, struct walk *w, uint32_t obj, uint32_t par
 static int walk_children(struct machine *m, struct walk *w, uint32_t at)
 {
 	struct obj o = pk_obj(m, w->nodes.v[at].obj);
-	int64_t i = 0;
 	int rc = 0;
 
 	if (o.kind == K_SEQ) {
 		for (uint32_t k = m->seqs.v[o.a].first; k && !rc; k = m->kids.v[k - 1].next)
-			rc = walk_to(m, w, m->kids.v[k - 1].obj, at, (struct ck_path_step){.index = i++});
+			rc = walk_to(m, w, m->kids.v[k - 1].obj, at,
+				     (struct ck_path_step){.index = m->kids.v[k - 1].index});
 		return rc;
 	}
 	FOR_ITEMS(m, m->dicts.v[o.a], k) {

@@ -20,7 +20,8 @@
 int pk_grow(void **v, uint32_t *cap, uint64_t want, size_t sz);
 void pk_free(void *p, size_t bytes);
 
-#define VEC_RESERVE(x, want) pk_grow((void **)&(x).v, &(x).cap, (want), sizeof(*(x).v))
+#define VEC_RESERVE(x, want) \
+	((uint64_t)(want) <= (x).cap ? 0 : pk_grow((void **)&(x).v, &(x).cap, (want), sizeof(*(x).v)))
 #define VEC_FREE(x) pk_free((x).v, (size_t)(x).cap * sizeof(*(x).v))
 
 /* ---- the symbolic machine's tables ------------------------------------- */
@@ -48,7 +49,9 @@ struct dict {
 	bool odict;    /* reduced from collections.OrderedDict */
 };
 
-struct kid { uint32_t obj, next; };
+/* Only the elements that are containers are kept (with their place): the
+ * finder and describe walk nothing else. */
+struct kid { uint32_t obj, next, index; };
 struct seq { uint32_t first, last, n; };
 
 /* What the emitter needs of an op beyond its bytes, kept only for FRAME and
@@ -113,8 +116,9 @@ struct plan {
 
 int pk_plan(struct machine *m, struct plan *p, const struct ck_view *v);
 void pk_plan_free(struct plan *p);
-/* The index + 1 of op's rename with a string, 0 if none. */
-uint32_t pk_renamed(const struct plan *p, uint32_t op);
+/* The index + 1 of op's rename with a string, 0 if none; the entry at
+ * hint - 1, if any, is tried first. */
+uint32_t pk_renamed(const struct plan *p, uint32_t op, uint32_t hint);
 int pk_emit(struct machine *m, const struct plan *p, struct ck_buf *out);
 
 #endif

@@ -72,9 +72,13 @@ static int add_kid(struct machine *m, uint32_t seq_obj, uint32_t kid)
 
 	if (o.kind != K_SEQ)
 		return 0;
+	if (pk_obj(m, kid).kind != K_DICT && pk_obj(m, kid).kind != K_SEQ) {
+		m->seqs.v[o.a].n++;
+		return 0;
+	}
 	if (VEC_RESERVE(m->kids, m->kids.n + 1ull))
 		return ck_err_nomem(m->e);
-	m->kids.v[m->kids.n++] = (struct kid){kid, 0};
+	m->kids.v[m->kids.n++] = (struct kid){kid, 0, m->seqs.v[o.a].n};
 	at = m->kids.n;
 	if (m->seqs.v[o.a].last)
 		m->kids.v[m->seqs.v[o.a].last - 1].next = at;

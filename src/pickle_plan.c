@@ -201,9 +201,12 @@ static void sort_plan(struct plan *p)
 {
 	uint32_t w = 0;
 
-	if (!p->ren.n)
-		return;
-	qsort(p->ren.v, p->ren.n, sizeof(*p->ren.v), by_op);
+	bool sorted = true;
+
+	for (uint32_t r = 1; r < p->ren.n && sorted; r++)
+		sorted = p->ren.v[r - 1].op < p->ren.v[r].op;
+	if (!sorted) /* planned in object order: usually op order already */
+		qsort(p->ren.v, p->ren.n, sizeof(*p->ren.v), by_op);
 	for (uint32_t r = 0; r < p->ren.n; r++) {
 		struct ren x = p->ren.v[r];
 		if (w && p->ren.v[w - 1].op == x.op) {
@@ -240,10 +243,12 @@ void pk_plan_free(struct plan *p)
 	VEC_FREE(p->ren);
 }
 
-uint32_t pk_renamed(const struct plan *p, uint32_t op)
+uint32_t pk_renamed(const struct plan *p, uint32_t op, uint32_t hint)
 {
 	uint32_t lo = 0, hi = p->ren.n;
 
+	if (hint && hint <= p->ren.n && p->ren.v[hint - 1].op == op)
+		return p->ren.v[hint - 1].s ? hint : 0;
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
 		if (p->ren.v[mid].op < op)
