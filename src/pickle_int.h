@@ -116,8 +116,9 @@ struct plan {
 
 int pk_plan(struct machine *m, struct plan *p, const struct ck_view *v);
 void pk_plan_free(struct plan *p);
-/* The index + 1 of op's rename with a string, 0 if none; the entry at
- * hint - 1, if any, is tried first. */
+/* The index + 1 of op's rename with a string, 0 if none, looked up among
+ * the first `hint` entries: the emitter's, all at or before where it is
+ * (a put's string was most often pushed by the op just before). */
 uint32_t pk_renamed(const struct plan *p, uint32_t op, uint32_t hint);
 int pk_emit(struct machine *m, const struct plan *p, struct ck_buf *out);
 

@@ -245,10 +245,10 @@ void pk_plan_free(struct plan *p)
 
 uint32_t pk_renamed(const struct plan *p, uint32_t op, uint32_t hint)
 {
-	uint32_t lo = 0, hi = p->ren.n;
+	uint32_t lo = 0, hi = hint;
 
-	if (hint && hint <= p->ren.n && p->ren.v[hint - 1].op == op)
-		return p->ren.v[hint - 1].s ? hint : 0;
+	if (!hint || p->ren.v[hint - 1].op < op)
+		return 0;
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
 		if (p->ren.v[mid].op < op)
@@ -256,5 +256,5 @@ uint32_t pk_renamed(const struct plan *p, uint32_t op, uint32_t hint)
 		else
 			hi = mid;
 	}
-	return lo < p->ren.n && p->ren.v[lo].op == op && p->ren.v[lo].s ? lo + 1 : 0;
+	return lo < hint && p->ren.v[lo].op == op && p->ren.v[lo].s ? lo + 1 : 0;
 }

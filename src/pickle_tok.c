@@ -7,50 +7,46 @@
 #include <string.h>
 
 enum arg {
+	A_UNKNOWN,                                      /* not an opcode */
 	A_NONE, A_U8, A_U16, A_U32, A_U64, A_F8, /* fixed-size arguments */
 	A_STR1, A_STR4, A_STR8,                   /* length-prefixed bytes */
 	A_LINE, A_LINE2,                          /* newline-terminated text */
 };
 
-static enum arg op_arg(uint8_t c, bool *known)
-{
-	*known = true;
-	switch (c) {
-	case 'K': case 'h': case 'q': case 0x80: case 0x82: return A_U8;
-	case 'M': case 0x83: return A_U16;
-	case 'J': case 'j': case 'r': case 0x84: return A_U32;
-	case 0x95: return A_U64;
-	case 'G': return A_F8;
-	case 'U': case 'C': case 0x8c: case 0x8a: return A_STR1;
-	case 'T': case 'B': case 'X': case 0x8b: return A_STR4;
-	case 0x8d: case 0x8e: case 0x96: return A_STR8;
-	case 'I': case 'L': case 'F': case 'S': case 'V': case 'g': case 'p': case 'P': return A_LINE;
-	case 'c': case 'i': return A_LINE2;
-	case '(': case '.': case '0': case '1': case '2': case 'N': case 0x88: case 0x89:
-	case 'R': case 'b': case 'a': case 'e': case 's': case 'u': case 'd': case '}':
-	case 'l': case ']': case 't': case ')': case 0x85: case 0x86: case 0x87: case 'o':
-	case 0x81: case 0x92: case 'Q': case 0x8f: case 0x90: case 0x91: case 0x93: case 0x94:
-	case 0x97: case 0x98:
-		return A_NONE;
-	}
-	*known = false;
-	return A_NONE;
-}
-
+/* Each opcode's argument, one byte per possible opcode byte. */
+static const uint8_t op_arg[256] = {
+	['K'] = A_U8, ['h'] = A_U8, ['q'] = A_U8, [0x80] = A_U8, [0x82] = A_U8,
+	['M'] = A_U16, [0x83] = A_U16,
+	['J'] = A_U32, ['j'] = A_U32, ['r'] = A_U32, [0x84] = A_U32,
+	[0x95] = A_U64,
+	['G'] = A_F8,
+	['U'] = A_STR1, ['C'] = A_STR1, [0x8c] = A_STR1, [0x8a] = A_STR1,
+	['T'] = A_STR4, ['B'] = A_STR4, ['X'] = A_STR4, [0x8b] = A_STR4,
+	[0x8d] = A_STR8, [0x8e] = A_STR8, [0x96] = A_STR8,
+	['I'] = A_LINE, ['L'] = A_LINE, ['F'] = A_LINE, ['S'] = A_LINE, ['V'] = A_LINE, ['g'] = A_LINE,
+	['p'] = A_LINE, ['P'] = A_LINE,
+	['c'] = A_LINE2, ['i'] = A_LINE2,
+	['('] = A_NONE, ['.'] = A_NONE, ['0'] = A_NONE, ['1'] = A_NONE, ['2'] = A_NONE, ['N'] = A_NONE,
+	[0x88] = A_NONE, [0x89] = A_NONE, ['R'] = A_NONE, ['b'] = A_NONE, ['a'] = A_NONE, ['e'] = A_NONE,
+	['s'] = A_NONE, ['u'] = A_NONE, ['d'] = A_NONE, ['}'] = A_NONE, ['l'] = A_NONE, [']'] = A_NONE,
+	['t'] = A_NONE, [')'] = A_NONE, [0x85] = A_NONE, [0x86] = A_NONE, [0x87] = A_NONE, ['o'] = A_NONE,
+	[0x81] = A_NONE, [0x92] = A_NONE, ['Q'] = A_NONE, [0x8f] = A_NONE, [0x90] = A_NONE, [0x91] = A_NONE,
+	[0x93] = A_NONE, [0x94] = A_NONE, [0x97] = A_NONE, [0x98] = A_NONE,
+};
 
 /* Length of the opcode at p (opcode byte included), or 0 if it is unknown
  * or runs past the end. */
 static size_t op_length(const uint8_t *in, size_t n, size_t p, bool *known)
 {
-	enum arg a = op_arg(in[p], known);
+	enum arg a = op_arg[in[p]];
 	size_t q = p + 1, rest = n - q;
 	uint64_t len = 0;
 	const uint8_t *nl;
 
-	if (!*known)
+	if (!(*known = a != A_UNKNOWN))
 		return 0;
 	switch (a) {
-	case A_NONE: break;
+	case A_UNKNOWN: case A_NONE: break;
 	case A_U8: len = 1; break;
 	case A_U16: len = 2; break;
 	case A_U32: len = 4; break;
