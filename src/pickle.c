@@ -4,6 +4,7 @@
  * memo slot kept where it was (FORMATS.md §2.8). Nothing is ever executed.
  * The passes are in pickle_*.c (pickle_int.h); here are the entry points
  * and the one allocator all their tables grow with. */
+#define _GNU_SOURCE /* mremap */
 #include "pickle_int.h"
 
 #include <errno.h>
@@ -43,6 +44,10 @@ static void *big_resize(void *p, size_t old, size_t n)
 	}
 	if (old >= BIG_ARRAY && big_len(n) == big_len(old))
 		return p;
+	if (old >= BIG_ARRAY) { /* the kernel moves the pages: no copy, no second resident set */
+		q = mremap(p, big_len(old), big_len(n), MREMAP_MAYMOVE);
+		return q == MAP_FAILED ? NULL : q;
+	}
 	q = mmap(NULL, big_len(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (q == MAP_FAILED)
 		return NULL;
