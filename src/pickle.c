@@ -87,17 +87,16 @@ struct ck_str pk_str(const struct machine *m, uint32_t obj)
 	case 0x8d: hdr = 9; break;           /* BINUNICODE8 */
 	default: hdr = 5;                    /* BINUNICODE, BINSTRING */
 	}
-	return (struct ck_str){(const char *)m->in + m->pos.v[op] + hdr, OP_LEN(m, op) - hdr};
+	return (struct ck_str){(const char *)m->in + op + hdr, pk_op_len(m, op) - hdr};
 }
 
 int pk_fail(const struct machine *m, uint32_t op, const char *what)
 {
-	return ck_err_set(m->e, EIO, "pickle offset %u: %s", op < NOPS(m) ? m->pos.v[op] : (uint32_t)m->n, what);
+	return ck_err_set(m->e, EIO, "pickle offset %u: %s", op, what);
 }
 
 void pk_machine_free(struct machine *m)
 {
-	VEC_FREE(m->pos);
 	VEC_FREE(m->objs);
 	VEC_FREE(m->dicts);
 	VEC_FREE(m->items);

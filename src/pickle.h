@@ -19,8 +19,9 @@ enum ck_pickle_result {
 };
 
 /* Limits that keep hostile input bounded in memory and time. Rewriting
- * holds about 75 bytes per opcode; a state dict takes some 35 opcodes a
- * tensor, so 8 Mi opcodes (under 640 MiB) is a checkpoint of 240000 tensors. */
+ * keeps nothing per opcode, only per value: some 15 bytes an opcode for a
+ * state dict (35 opcodes a tensor), at most about 40 (a stream of empty
+ * dicts); 8 Mi opcodes (under 320 MiB) is a checkpoint of 240000 tensors. */
 #define CK_PICKLE_MAX_BYTES ((size_t)1 << 30)
 #define CK_PICKLE_MAX_OPS ((uint32_t)1 << 23)
 

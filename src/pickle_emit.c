@@ -43,8 +43,8 @@ static void flush_to(struct emitter *em, uint32_t op, bool skip)
 {
 	const struct machine *m = em->m;
 
-	ck_buf_append(em->out, m->in + em->from, m->pos.v[op] - em->from);
-	em->from = skip ? m->pos.v[op + 1] : m->pos.v[op];
+	ck_buf_append(em->out, m->in + em->from, op - em->from);
+	em->from = skip ? op + pk_op_len(m, op) : op;
 }
 
 static struct ck_str ren_str(const struct plan *p, uint32_t r) /* r: rename + 1 */

@@ -3,8 +3,10 @@
  * (pickle_machine.c) -> find the state dicts (pickle_find.c) -> plan the
  * renames (pickle_plan.c) -> emit (pickle_emit.c); pickle.c holds the
  * whole and the one allocator. Every table is a VEC grown by pk_grow, and
- * every object, op and item is addressed by index: no pointer into a table
- * is kept across anything that may grow it. */
+ * every object and item is addressed by index: no pointer into a table is
+ * kept across anything that may grow it. An op is named by its offset in
+ * the input (which never moves); its length is read again from its bytes,
+ * so no table holds anything per op. */
 #ifndef CKPTFS_PICKLE_INT_H
 #define CKPTFS_PICKLE_INT_H
 
@@ -66,7 +68,7 @@ struct machine {
 	const uint8_t *in;
 	size_t n;
 	struct ck_err *e;
-	VEC(uint32_t) pos; /* op i spans pos[i] .. pos[i + 1]; pos.n ops + the end */
+	uint32_t nops; /* counted by the tokenizer */
 	VEC(struct obj) objs;
 	VEC(struct dict) dicts;
 	VEC(struct item) items;
@@ -79,9 +81,32 @@ struct machine {
 	uint32_t memo_set;  /* how many memo indices are set (MEMOIZE's next index) */
 };
 
-#define NOPS(m) ((m)->pos.n)
-#define OP_BYTE(m, i) ((m)->in[(m)->pos.v[i]])
-#define OP_LEN(m, i) ((m)->pos.v[(i) + 1] - (m)->pos.v[i])
+#define OP_BYTE(m, op) ((m)->in[op])
+
+enum pk_arg {
+	A_UNKNOWN,                                /* not an opcode */
+	A_NONE, A_U8, A_U16, A_U32, A_U64, A_F8, /* fixed-size arguments */
+	A_STR1, A_STR4, A_STR8,                   /* length-prefixed bytes */
+	A_LINE, A_LINE2,                          /* newline-terminated text */
+};
+extern const uint8_t pk_op_arg[256]; /* each opcode byte's argument */
+
+uint32_t pk_op_len_slow(const struct machine *m, uint32_t op);
+
+/* The length of the op at offset `op`, which the tokenizer has checked. */
+static inline uint32_t pk_op_len(const struct machine *m, uint32_t op)
+{
+	static const uint8_t fixed[] = {[A_NONE] = 1, [A_U8] = 2, [A_U16] = 3, [A_U32] = 5, [A_U64] = 9, [A_F8] = 9};
+	uint8_t a = pk_op_arg[m->in[op]];
+
+	if (a <= A_F8)
+		return fixed[a];
+	if (a == A_STR1)
+		return 2u + m->in[op + 1];
+	if (a == A_STR4)
+		return 5u + ck_le32(m->in + op + 1);
+	return pk_op_len_slow(m, op);
+}
 
 static inline struct obj pk_obj(const struct machine *m, uint32_t id) { return m->objs.v[id]; }
 
@@ -93,8 +118,8 @@ void pk_machine_free(struct machine *m);
 
 /* ---- the passes --------------------------------------------------------- */
 
-/* Walks the opcodes to STOP, recording their offsets when `record`. */
-size_t pk_scan(struct machine *m, bool record, bool *short_input);
+/* Walks the opcodes to STOP, counting them in m->nops when `count`. */
+size_t pk_scan(struct machine *m, bool count, bool *short_input);
 int pk_run(struct machine *m);
 int pk_find_state_dicts(struct machine *m, uint32_t root);
 int pk_report_state_dicts(struct machine *m, uint32_t root, ck_found_fn fn, void *ctx);

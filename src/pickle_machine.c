@@ -100,11 +100,11 @@ static int add_ref(struct machine *m, uint32_t op, uint32_t a, uint32_t b)
 /* ---- the stack and its MARKs -------------------------------------------- */
 
 /* Whether n values are above the innermost MARK. */
-static int need(struct machine *m, uint32_t i, uint32_t n)
+static int need(struct machine *m, uint32_t op, uint32_t n)
 {
 	uint32_t base = m->marks.n ? m->marks.v[m->marks.n - 1] : 0;
 	if (m->stack.n - base < n)
-		return pk_fail(m, i, "stack underflow");
+		return pk_fail(m, op, "stack underflow");
 	return 0;
 }
 
@@ -113,15 +113,15 @@ static bool at_mark(const struct machine *m, uint32_t sp)
 	return m->marks.n && m->marks.v[m->marks.n - 1] == sp;
 }
 
-static int pop_mark(struct machine *m, uint32_t i, uint32_t *base)
+static int pop_mark(struct machine *m, uint32_t op, uint32_t *base)
 {
 	if (!m->marks.n)
-		return pk_fail(m, i, "no MARK on the stack");
+		return pk_fail(m, op, "no MARK on the stack");
 	*base = m->marks.v[--m->marks.n];
 	return 0;
 }
 
-static int op_mark(struct machine *m, uint32_t i)
+static int op_mark(struct machine *m, uint32_t op)
 {
 	if (VEC_RESERVE(m->marks, m->marks.n + 1ull))
 		return ck_err_nomem(m->e);
@@ -130,12 +130,12 @@ static int op_mark(struct machine *m, uint32_t i)
 }
 
 /* POP pops the MARK itself when nothing is above it; POP_MARK pops to it. */
-static int op_pop(struct machine *m, uint32_t i, uint8_t c)
+static int op_pop(struct machine *m, uint32_t op, uint8_t c)
 {
 	uint32_t base = 0;
 
 	if (c == '1') {
-		if (pop_mark(m, i, &base))
+		if (pop_mark(m, op, &base))
 			return -1;
 		m->stack.n = base;
 		return 0;
@@ -144,7 +144,7 @@ static int op_pop(struct machine *m, uint32_t i, uint8_t c)
 		m->marks.n--;
 		return 0;
 	}
-	if (need(m, i, 1))
+	if (need(m, op, 1))
 		return -1;
 	m->stack.n--;
 	return 0;
@@ -152,10 +152,10 @@ static int op_pop(struct machine *m, uint32_t i, uint8_t c)
 
 /* ---- strings, globals, the memo ----------------------------------------- */
 
-static int op_str(struct machine *m, uint32_t i)
+static int op_str(struct machine *m, uint32_t op)
 {
-	uint32_t id = new_obj(m, K_STR, i);
-	return id == NONE_ID ? ck_err_nomem(m->e) : push(m, id, i);
+	uint32_t id = new_obj(m, K_STR, op);
+	return id == NONE_ID ? ck_err_nomem(m->e) : push(m, id, op);
 }
 
 /* What a GLOBAL names: only OrderedDict and tensor rebuilds matter. */
@@ -172,34 +172,34 @@ static uint8_t classify_global(const uint8_t *mod, size_t ml, const uint8_t *nam
 #undef IS
 }
 
-static int push_global(struct machine *m, uint32_t i, uint8_t what)
+static int push_global(struct machine *m, uint32_t op, uint8_t what)
 {
 	uint32_t id = new_obj(m, K_GLOBAL, 0);
 
 	if (id == NONE_ID)
 		return ck_err_nomem(m->e);
 	m->objs.v[id].flags = what;
-	return push(m, id, i);
+	return push(m, id, op);
 }
 
 /* GLOBAL (module and name on two lines) and STACK_GLOBAL (two strings). */
-static int op_global(struct machine *m, uint32_t i, uint8_t c)
+static int op_global(struct machine *m, uint32_t op, uint8_t c)
 {
 	struct ck_str mod, name;
 
 	if (c == 'c') {
-		const uint8_t *a = m->in + m->pos.v[i] + 1, *nl = memchr(a, '\n', OP_LEN(m, i) - 1);
+		const uint8_t *a = m->in + op + 1, *nl = memchr(a, '\n', pk_op_len(m, op) - 1);
 		size_t ml = (size_t)(nl - a);
-		return push_global(m, i, classify_global(a, ml, nl + 1, OP_LEN(m, i) - 1 - ml - 2));
+		return push_global(m, op, classify_global(a, ml, nl + 1, pk_op_len(m, op) - 1 - ml - 2));
 	}
-	if (need(m, i, 2))
+	if (need(m, op, 2))
 		return -1;
 	if (pk_obj(m, below(m, 2).obj).kind != K_STR || pk_obj(m, below(m, 1).obj).kind != K_STR)
-		return pk_fail(m, i, "STACK_GLOBAL needs two strings");
+		return pk_fail(m, op, "STACK_GLOBAL needs two strings");
 	mod = pk_str(m, below(m, 2).obj);
 	name = pk_str(m, below(m, 1).obj);
 	m->stack.n -= 2;
-	return push_global(m, i,
+	return push_global(m, op,
 			   classify_global((const uint8_t *)mod.s, mod.len, (const uint8_t *)name.s, name.len));
 }
 
@@ -221,45 +221,45 @@ static bool parse_uint_line(const uint8_t *s, size_t n, uint32_t *v)
 }
 
 /* A pickler's memo indices stay below its op count. */
-static int memo_index(struct machine *m, uint32_t i, uint32_t *idx)
+static int memo_index(struct machine *m, uint32_t op, uint32_t *idx)
 {
-	const uint8_t *a = m->in + m->pos.v[i] + 1;
+	const uint8_t *a = m->in + op + 1;
 
-	switch (OP_BYTE(m, i)) {
+	switch (OP_BYTE(m, op)) {
 	case 'h': case 'q': *idx = a[0]; break;
 	case 'j': case 'r': *idx = ck_le32(a); break;
 	case 0x94: *idx = m->memo_set; break; /* MEMOIZE: the next index, len(memo) */
 	default:
-		if (!parse_uint_line(a, OP_LEN(m, i) - 1, idx))
-			return pk_fail(m, i, "memo index is not a number");
+		if (!parse_uint_line(a, pk_op_len(m, op) - 1, idx))
+			return pk_fail(m, op, "memo index is not a number");
 	}
-	if (*idx >= (uint64_t)NOPS(m) + 4096)
-		return pk_fail(m, i, "memo index out of range");
+	if (*idx >= (uint64_t)m->nops + 4096)
+		return pk_fail(m, op, "memo index out of range");
 	return 0;
 }
 
-static int op_get(struct machine *m, uint32_t i)
+static int op_get(struct machine *m, uint32_t op)
 {
 	uint32_t idx, obj;
 
-	if (memo_index(m, i, &idx))
+	if (memo_index(m, op, &idx))
 		return -1;
 	if (idx >= m->memo.cap || !m->memo.v[idx])
-		return pk_fail(m, i, "memo get of an unset index");
+		return pk_fail(m, op, "memo get of an unset index");
 	obj = m->memo.v[idx] - 1;
-	if (pk_obj(m, obj).kind == K_STR && add_ref(m, i, obj, idx))
+	if (pk_obj(m, obj).kind == K_STR && add_ref(m, op, obj, idx))
 		return -1;
-	return push(m, obj, i);
+	return push(m, obj, op);
 }
 
-static int op_put(struct machine *m, uint32_t i)
+static int op_put(struct machine *m, uint32_t op)
 {
 	uint32_t idx;
 	struct slot top;
 
 	if (!m->stack.n || at_mark(m, m->stack.n))
-		return pk_fail(m, i, "memo put with an empty stack");
-	if (memo_index(m, i, &idx))
+		return pk_fail(m, op, "memo put with an empty stack");
+	if (memo_index(m, op, &idx))
 		return -1;
 	if (VEC_RESERVE(m->memo, idx + 1ull))
 		return ck_err_nomem(m->e);
@@ -267,48 +267,48 @@ static int op_put(struct machine *m, uint32_t i)
 	if (!m->memo.v[idx])
 		m->memo_set++;
 	m->memo.v[idx] = top.obj + 1;
-	return pk_obj(m, top.obj).kind == K_STR ? add_ref(m, i, top.op, idx) : 0;
+	return pk_obj(m, top.obj).kind == K_STR ? add_ref(m, op, top.op, idx) : 0;
 }
 
 /* DUP: the emitter needs what it copies, which a rename may change. */
-static int op_dup(struct machine *m, uint32_t i)
+static int op_dup(struct machine *m, uint32_t op)
 {
 	struct slot top;
 
-	if (need(m, i, 1))
+	if (need(m, op, 1))
 		return -1;
 	top = below(m, 1);
-	if (pk_obj(m, top.obj).kind == K_STR && add_ref(m, i, top.obj, top.op))
+	if (pk_obj(m, top.obj).kind == K_STR && add_ref(m, op, top.obj, top.op))
 		return -1;
-	return push(m, top.obj, i);
+	return push(m, top.obj, op);
 }
 
 /* ---- containers ----------------------------------------------------------- */
 
 /* EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE */
-static int op_empty(struct machine *m, uint32_t i, uint8_t c)
+static int op_empty(struct machine *m, uint32_t op, uint8_t c)
 {
 	uint32_t id = new_container(m, c == '}' ? K_DICT : K_SEQ);
-	return id == NONE_ID ? ck_err_nomem(m->e) : push(m, id, i);
+	return id == NONE_ID ? ck_err_nomem(m->e) : push(m, id, op);
 }
 
 /* DICT, LIST, TUPLE from a MARK; TUPLE1..3 from the top values. */
-static int op_build_container(struct machine *m, uint32_t i, uint8_t c)
+static int op_build_container(struct machine *m, uint32_t op, uint8_t c)
 {
 	bool dict = c == 'd';
 	uint32_t base = 0, id;
 
 	if (c >= 0x85 && c <= 0x87) {
-		if (need(m, i, c - 0x84u))
+		if (need(m, op, c - 0x84u))
 			return -1;
 		base = m->stack.n - (c - 0x84u);
-	} else if (pop_mark(m, i, &base)) {
+	} else if (pop_mark(m, op, &base)) {
 		return -1;
 	}
 	if ((id = new_container(m, dict ? K_DICT : K_SEQ)) == NONE_ID)
 		return ck_err_nomem(m->e);
 	if (dict && (m->stack.n - base) % 2)
-		return pk_fail(m, i, "DICT with an odd number of items");
+		return pk_fail(m, op, "DICT with an odd number of items");
 	for (uint32_t k = base; k < m->stack.n; k += dict ? 2 : 1) {
 		int r = dict ? add_item(m, id, m->stack.v[k], m->stack.v[k + 1], true)
 			     : add_kid(m, id, m->stack.v[k].obj);
@@ -316,12 +316,12 @@ static int op_build_container(struct machine *m, uint32_t i, uint8_t c)
 			return -1;
 	}
 	m->stack.n = base;
-	return push(m, id, i);
+	return push(m, id, op);
 }
 
-static int op_setitem(struct machine *m, uint32_t i)
+static int op_setitem(struct machine *m, uint32_t op)
 {
-	if (need(m, i, 3))
+	if (need(m, op, 3))
 		return -1;
 	if (add_item(m, below(m, 3).obj, below(m, 2), below(m, 1), false))
 		return -1;
@@ -331,16 +331,16 @@ static int op_setitem(struct machine *m, uint32_t i)
 
 /* SETITEMS, APPENDS, ADDITEMS: the items above a MARK into the container
  * below it (a set's are dropped). */
-static int op_extend(struct machine *m, uint32_t i, uint8_t c)
+static int op_extend(struct machine *m, uint32_t op, uint8_t c)
 {
 	uint32_t base = 0, target;
 
-	if (pop_mark(m, i, &base))
+	if (pop_mark(m, op, &base))
 		return -1;
 	if (c == 'u' && (m->stack.n - base) % 2)
-		return pk_fail(m, i, "SETITEMS with an odd number of items");
+		return pk_fail(m, op, "SETITEMS with an odd number of items");
 	if (base == 0 || at_mark(m, base))
-		return pk_fail(m, i, c == 'u' ? "SETITEMS without a dict below its MARK"
+		return pk_fail(m, op, c == 'u' ? "SETITEMS without a dict below its MARK"
 					      : "APPENDS without a container below its MARK");
 	target = m->stack.v[base - 1].obj;
 	for (uint32_t k = base; c != 0x90 && k < m->stack.n; k += c == 'u' ? 2 : 1) {
@@ -353,9 +353,9 @@ static int op_extend(struct machine *m, uint32_t i, uint8_t c)
 	return 0;
 }
 
-static int op_append(struct machine *m, uint32_t i)
+static int op_append(struct machine *m, uint32_t op)
 {
-	if (need(m, i, 2))
+	if (need(m, op, 2))
 		return -1;
 	if (add_kid(m, below(m, 2).obj, below(m, 1).obj))
 		return -1;
@@ -366,34 +366,34 @@ static int op_append(struct machine *m, uint32_t i)
 /* ---- calls: all opaque but tensor rebuilds and OrderedDict() ------------- */
 
 /* FROZENSET, INST, OBJ: the marked items become one opaque value. */
-static int op_marked_opaque(struct machine *m, uint32_t i, uint8_t c)
+static int op_marked_opaque(struct machine *m, uint32_t op, uint8_t c)
 {
 	uint32_t base = 0;
 
-	if (pop_mark(m, i, &base))
+	if (pop_mark(m, op, &base))
 		return -1;
 	if (c == 'o' && m->stack.n == base)
-		return pk_fail(m, i, "OBJ without a class");
+		return pk_fail(m, op, "OBJ without a class");
 	m->stack.n = base;
-	return push(m, NONE_ID, i);
+	return push(m, NONE_ID, op);
 }
 
 /* BINPERSID, NEWOBJ_EX: n values become one opaque value. */
-static int op_opaque_call(struct machine *m, uint32_t i, uint32_t n)
+static int op_opaque_call(struct machine *m, uint32_t op, uint32_t n)
 {
-	if (need(m, i, n))
+	if (need(m, op, n))
 		return -1;
 	m->stack.n -= n;
-	return push(m, NONE_ID, i);
+	return push(m, NONE_ID, op);
 }
 
 /* NEWOBJ, REDUCE: callable, args. */
-static int op_reduce(struct machine *m, uint32_t i, uint8_t c)
+static int op_reduce(struct machine *m, uint32_t op, uint8_t c)
 {
 	struct obj fn, args;
 	uint32_t id;
 
-	if (need(m, i, 2))
+	if (need(m, op, 2))
 		return -1;
 	fn = pk_obj(m, below(m, 2).obj);
 	args = pk_obj(m, below(m, 1).obj);
@@ -401,23 +401,23 @@ static int op_reduce(struct machine *m, uint32_t i, uint8_t c)
 	if (fn.kind == K_GLOBAL && (fn.flags & G_TENSOR) && c == 'R') {
 		if ((id = new_obj(m, K_TENSOR, 0)) == NONE_ID)
 			return ck_err_nomem(m->e);
-		return push(m, id, i);
+		return push(m, id, op);
 	}
 	if (fn.kind == K_GLOBAL && (fn.flags & G_ODICT) && args.kind == K_SEQ && m->seqs.v[args.a].n == 0) {
 		if ((id = new_container(m, K_DICT)) == NONE_ID)
 			return ck_err_nomem(m->e);
 		m->dicts.v[pk_obj(m, id).a].odict = true;
-		return push(m, id, i);
+		return push(m, id, op);
 	}
-	return push(m, NONE_ID, i);
+	return push(m, NONE_ID, op);
 }
 
 /* BUILD: the _metadata of a state dict arrives here. */
-static int op_build(struct machine *m, uint32_t i)
+static int op_build(struct machine *m, uint32_t op)
 {
 	struct obj target, state;
 
-	if (need(m, i, 2))
+	if (need(m, op, 2))
 		return -1;
 	state = pk_obj(m, below(m, 1).obj);
 	target = pk_obj(m, below(m, 2).obj);
@@ -435,48 +435,52 @@ static int op_build(struct machine *m, uint32_t i)
 
 /* ---- the run ---------------------------------------------------------------- */
 
-static int step(struct machine *m, uint32_t i)
+static int step(struct machine *m, uint32_t op)
 {
-	uint8_t c = OP_BYTE(m, i);
+	uint8_t c = OP_BYTE(m, op);
 
 	switch (c) {
 	case 0x80: case 0x98: case '.':
 		return 0; /* PROTO, READONLY_BUFFER, STOP */
 	case 0x95: /* FRAME: the emitter drops frames (lengths change) */
-		return add_ref(m, i, 0, 0);
-	case '(': return op_mark(m, i);
-	case '0': case '1': return op_pop(m, i, c);
-	case 'X': case 'T': case 0x8c: case 'U': case 0x8d: return op_str(m, i);
+		return add_ref(m, op, 0, 0);
+	case '(': return op_mark(m, op);
+	case '0': case '1': return op_pop(m, op, c);
+	case 'X': case 'T': case 0x8c: case 'U': case 0x8d: return op_str(m, op);
 	case 'N': case 0x88: case 0x89: case 'I': case 'J': case 'K': case 'L': case 'M': case 'F': case 'G':
 	case 0x8a: case 0x8b: case 'S': case 'V': case 'C': case 'B': case 0x8e: case 0x96: case 0x82:
 	case 0x83: case 0x84: case 'P': case 0x8f: case 0x97:
-		return push(m, NONE_ID, i); /* values we never look into */
-	case 'c': case 0x93: return op_global(m, i, c);
-	case 'h': case 'j': case 'g': return op_get(m, i);
-	case 'q': case 'r': case 'p': case 0x94: return op_put(m, i);
-	case '2': return op_dup(m, i);
-	case '}': case ']': case ')': return op_empty(m, i, c);
-	case 'd': case 'l': case 't': case 0x85: case 0x86: case 0x87: return op_build_container(m, i, c);
-	case 's': return op_setitem(m, i);
-	case 'u': case 'e': case 0x90: return op_extend(m, i, c);
-	case 'a': return op_append(m, i);
-	case 0x91: case 'i': case 'o': return op_marked_opaque(m, i, c);
-	case 'Q': return op_opaque_call(m, i, 1);
-	case 0x92: return op_opaque_call(m, i, 3);
-	case 0x81: case 'R': return op_reduce(m, i, c);
-	case 'b': return op_build(m, i);
+		return push(m, NONE_ID, op); /* values we never look into */
+	case 'c': case 0x93: return op_global(m, op, c);
+	case 'h': case 'j': case 'g': return op_get(m, op);
+	case 'q': case 'r': case 'p': case 0x94: return op_put(m, op);
+	case '2': return op_dup(m, op);
+	case '}': case ']': case ')': return op_empty(m, op, c);
+	case 'd': case 'l': case 't': case 0x85: case 0x86: case 0x87: return op_build_container(m, op, c);
+	case 's': return op_setitem(m, op);
+	case 'u': case 'e': case 0x90: return op_extend(m, op, c);
+	case 'a': return op_append(m, op);
+	case 0x91: case 'i': case 'o': return op_marked_opaque(m, op, c);
+	case 'Q': return op_opaque_call(m, op, 1);
+	case 0x92: return op_opaque_call(m, op, 3);
+	case 0x81: case 'R': return op_reduce(m, op, c);
+	case 'b': return op_build(m, op);
 	}
-	return pk_fail(m, i, "opcode not handled");
+	return pk_fail(m, op, "opcode not handled");
 }
 
 int pk_run(struct machine *m)
 {
 	if (new_obj(m, K_OTHER, 0) != NONE_ID)
 		return ck_err_nomem(m->e);
-	for (uint32_t i = 0; i < NOPS(m); i++)
-		if (step(m, i))
+	for (uint32_t op = 0;; op += pk_op_len(m, op)) {
+		if (step(m, op))
 			return -1;
-	if (!m->stack.n || at_mark(m, m->stack.n))
-		return pk_fail(m, NOPS(m) - 1, "STOP with an empty stack");
+		if (OP_BYTE(m, op) != '.')
+			continue;
+		if (!m->stack.n || at_mark(m, m->stack.n))
+			return pk_fail(m, op, "STOP with an empty stack");
+		return 0;
+	}
 	return 0;
 }

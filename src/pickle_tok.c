@@ -1,20 +1,13 @@
 /* The tokenizer: the length of every opcode, checked against the input's
- * end, and the offset where each starts (4 bytes an op: an op's length is
- * the distance to the next). */
+ * end. It keeps nothing per op: the passes after it walk the ops again,
+ * each op named by its offset. */
 #include "pickle_int.h"
 
 #include <errno.h>
 #include <string.h>
 
-enum arg {
-	A_UNKNOWN,                                      /* not an opcode */
-	A_NONE, A_U8, A_U16, A_U32, A_U64, A_F8, /* fixed-size arguments */
-	A_STR1, A_STR4, A_STR8,                   /* length-prefixed bytes */
-	A_LINE, A_LINE2,                          /* newline-terminated text */
-};
-
 /* Each opcode's argument, one byte per possible opcode byte. */
-static const uint8_t op_arg[256] = {
+const uint8_t pk_op_arg[256] = {
 	['K'] = A_U8, ['h'] = A_U8, ['q'] = A_U8, [0x80] = A_U8, [0x82] = A_U8,
 	['M'] = A_U16, [0x83] = A_U16,
 	['J'] = A_U32, ['j'] = A_U32, ['r'] = A_U32, [0x84] = A_U32,
@@ -38,7 +31,7 @@ static const uint8_t op_arg[256] = {
  * or runs past the end. */
 static size_t op_length(const uint8_t *in, size_t n, size_t p, bool *known)
 {
-	enum arg a = op_arg[in[p]];
+	enum pk_arg a = pk_op_arg[in[p]];
 	size_t q = p + 1, rest = n - q;
 	uint64_t len = 0;
 	const uint8_t *nl;
@@ -86,10 +79,10 @@ static size_t op_length(const uint8_t *in, size_t n, size_t p, bool *known)
 	return 1 + (size_t)len;
 }
 
-/* Walks the opcodes to STOP, recording them when `record`. Returns the
+/* Walks the opcodes to STOP, counting them when `count`. Returns the
  * pickle's length, or 0 with e set; *short_input tells the input ended
  * before STOP (a caller reading a prefix of a file may read more). */
-size_t pk_scan(struct machine *m, bool record, bool *short_input)
+size_t pk_scan(struct machine *m, bool count, bool *short_input)
 {
 	size_t p = 0;
 
@@ -118,24 +111,23 @@ size_t pk_scan(struct machine *m, bool record, bool *short_input)
 				   m->in[p], m->n);
 			return 0;
 		}
-		if (record) {
-			if (NOPS(m) == CK_PICKLE_MAX_OPS) {
+		if (count) {
+			if (m->nops == CK_PICKLE_MAX_OPS) {
 				ck_err_set(m->e, EFBIG, "pickle offset %zu: more than %u opcodes, the limit", p,
 					   CK_PICKLE_MAX_OPS);
 				return 0;
 			}
-			if (VEC_RESERVE(m->pos, NOPS(m) + 2ull)) { /* + 2: this op and the end */
-				ck_err_nomem(m->e);
-				return 0;
-			}
-			m->pos.v[m->pos.n++] = (uint32_t)p;
+			m->nops++;
 		}
 		p += len;
-		if (m->in[p - len] == '.') {
-			if (record)
-				m->pos.v[m->pos.n] = (uint32_t)p;
+		if (m->in[p - len] == '.')
 			return p;
-		}
 	}
 }
 
+
+uint32_t pk_op_len_slow(const struct machine *m, uint32_t op)
+{
+	bool known;
+	return (uint32_t)op_length(m->in, m->n, op, &known);
+}
