@@ -5,9 +5,6 @@
 
 #include <string.h>
 
-#define FOR_ITEMS(m, d, k) for (uint32_t k = (d).first; k; k = (m)->items.v[k - 1].next)
-#define ITEM(m, k) ((m)->items.v[(k) - 1])
-
 /* A parameter path: module and parameter names joined by dots. File paths
  * (Lightning's best_k_models maps checkpoint paths to scores) are not. */
 static bool is_param_path(const struct machine *m, uint32_t key)

@@ -45,6 +45,10 @@ struct item {
 	uint32_t key_op : 31, in_batch : 1; /* in_batch: from a MARK ... SETITEMS/DICT */
 };
 
+/* k runs over a dict's items (index + 1); ITEM(m, k) is the item. */
+#define FOR_ITEMS(m, d, k) for (uint32_t k = (d).first; k; k = (m)->items.v[k - 1].next)
+#define ITEM(m, k) ((m)->items.v[(k) - 1])
+
 struct dict {
 	uint32_t first, last, n;
 	uint32_t meta; /* the _metadata dict BUILD gave an OrderedDict, or NONE_ID */

@@ -8,9 +8,6 @@
 #include <string.h>
 #include "hash.h"
 
-#define FOR_ITEMS(m, d, k) for (uint32_t k = (d).first; k; k = (m)->items.v[k - 1].next)
-#define ITEM(m, k) ((m)->items.v[(k) - 1])
-
 struct str { char *s; uint32_t len; };
 typedef VEC(struct str) names_vec; /* a dict's new key names, in item order */
 
