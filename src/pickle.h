@@ -19,8 +19,9 @@ enum ck_pickle_result {
 };
 
 /* Limits that keep hostile input bounded in memory and time. Rewriting
- * holds about 75 bytes per opcode; a state dict takes some 35 opcodes a
- * tensor, so 8 Mi opcodes (under 640 MiB) is a checkpoint of 240000 tensors. */
+ * keeps nothing per opcode, only per value: some 15 bytes an opcode for a
+ * state dict (35 opcodes a tensor), at most about 40 (a stream of empty
+ * dicts); 8 Mi opcodes (under 320 MiB) is a checkpoint of 240000 tensors. */
 #define CK_PICKLE_MAX_BYTES ((size_t)1 << 30)
 #define CK_PICKLE_MAX_OPS ((uint32_t)1 << 23)
 
@@ -29,15 +30,15 @@ enum ck_pickle_result {
  * times, which the view must spell out at each place, cannot multiply it. */
 #define CK_PICKLE_GROWTH ((uint64_t)1 << 20)
 
-/* What the rewriter may hold per opcode at most (its tables, a dict's
- * first items, the plan, memo slots, renamed keys): pickles built to
- * maximize it (one small dict or state dict per 4-5 opcodes) take up to
- * 115 bytes an opcode, real checkpoints 25-60. */
-#define CK_PICKLE_OP_MEMORY ((uint64_t)160)
+/* What the rewriter may hold per opcode at most (its tables, the plan,
+ * memo slots, renamed keys), with a margin: pickles built to maximize it
+ * (a stream of empty dicts) take about 40 bytes an opcode, real state
+ * dicts some 15. */
+#define CK_PICKLE_OP_MEMORY ((uint64_t)64)
 
 /* An upper bound of the memory ck_pickle_rewrite takes for in[0..n) beyond
- * the input itself: its opcodes counted (at most CK_PICKLE_MAX_OPS + 1,
- * where it fails) times CK_PICKLE_OP_MEMORY, plus the output it may write.
+ * the input itself: its opcodes counted (at most CK_PICKLE_MAX_OPS, where
+ * it fails) times CK_PICKLE_OP_MEMORY, plus the output it may write.
  * Cheap (one pass, no allocation): a build claims it before rewriting. */
 uint64_t ck_pickle_rewrite_memory(const uint8_t *in, size_t n);
 

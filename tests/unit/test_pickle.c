@@ -703,6 +703,32 @@ static void test_hash_oom(void)
 	ck_buf_free(&out);
 }
 
+/* A list of 200,000 values beside a state dict (a training history, a
+ * dataset index): the tables of the walk outgrow 1 MiB, where they get a
+ * mapping of their own, and must be released as such. */
+static void test_wide_list(void)
+{
+	struct ck_buf in = {0}, want = {0};
+
+	for (int pass = 0; pass < 2; pass++) {
+		struct ck_buf *b = pass ? &want : &in;
+		pk_proto(b, 2);
+		pk_op(b, ']');
+		pk_op(b, '(');
+		pk_op(b, '}');
+		pk_str(b, pass ? "w" : "module.w");
+		pk_tensor(b, 1, 1);
+		pk_op(b, 's');
+		for (int k = 0; k < 200000; k++)
+			pk_op(b, k % 2 ? '}' : ']');
+		pk_op(b, 'e');
+		pk_op(b, '.');
+	}
+	expect_rewrite("a state dict beside 200,000 empty containers in a list", &in, &ck_view_plain, &want);
+	ck_buf_free(&in);
+	ck_buf_free(&want);
+}
+
 int main(void)
 {
 	test_plain_and_ddp();
@@ -719,5 +745,6 @@ int main(void)
 	test_dup_memo();
 	test_amplification();
 	test_hash_oom();
+	test_wide_list();
 	return tap_done();
 }

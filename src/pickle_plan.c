@@ -1,0 +1,257 @@
+/* The planner: new names for the keys of every state dict and of its
+ * `_metadata`, checked for collisions, as a sparse list of the ops to
+ * rewrite (sorted by op) for the emitter. */
+#include "pickle_int.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include "hash.h"
+
+struct str { char *s; uint32_t len; };
+typedef VEC(struct str) names_vec; /* a dict's new key names, in item order */
+
+struct seen_key {
+	const char *s;
+	uint32_t len;
+	uint32_t orig; /* object of the original key */
+	UT_hash_handle hh;
+};
+
+static bool key_op_rewritable(uint8_t c)
+{
+	return c == 'X' || c == 'T' || c == 'U' || c == 0x8c || c == 0x8d || c == 'h' || c == 'j' || c == 'g' ||
+	       c == '2';
+}
+
+static bool same(struct str a, struct ck_str b)
+{
+	return a.len == b.len && memcmp(a.s, b.s, a.len) == 0;
+}
+
+static void free_names(names_vec *names)
+{
+	for (uint32_t k = 0; k < names->n; k++)
+		free(names->v[k].s);
+	VEC_FREE(*names);
+}
+
+/* New names for the keys of a dict; *changed tells if any differs. */
+static int rename_all(struct machine *m, struct dict d, const struct ck_view *v, bool meta, names_vec *out,
+		      bool *changed)
+{
+	if (VEC_RESERVE(*out, d.n + 1ull))
+		return ck_err_nomem(m->e);
+	FOR_ITEMS(m, d, k) {
+		struct ck_str key = pk_str(m, ITEM(m, k).key);
+		size_t nl;
+		char *s = meta ? ck_view_meta_key(v, key.s, key.len, &nl) : ck_view_key(v, key.s, key.len, &nl);
+		if (!s)
+			return ck_err_nomem(m->e);
+		out->v[out->n++] = (struct str){s, (uint32_t)nl};
+		if (!same(out->v[out->n - 1], key))
+			*changed = true;
+	}
+	return 0;
+}
+
+static int check_collisions(struct machine *m, struct dict d, const names_vec *names)
+{
+	struct seen_key *set = NULL, *x, *tmp;
+	VEC(struct seen_key) all = {0};
+	uint32_t i = 0;
+	int rc = VEC_RESERVE(all, d.n + 1ull) ? ck_err_nomem(m->e) : 0;
+
+	FOR_ITEMS(m, d, k) {
+		struct str name = names->v[i];
+		if (rc)
+			break;
+		HASH_FIND(hh, set, name.s, name.len, x);
+		if (x) {
+			struct ck_str a = pk_str(m, x->orig), b = pk_str(m, ITEM(m, k).key);
+			rc = ck_err_set(m->e, EIO, "keys '%.*s' and '%.*s' would both become '%.*s'", (int)a.len, a.s,
+					(int)b.len, b.s, (int)name.len, name.s);
+			break;
+		}
+		all.v[i] = (struct seen_key){.s = name.s, .len = name.len, .orig = ITEM(m, k).key};
+		HASH_ADD_KEYPTR(hh, set, all.v[i].s, all.v[i].len, &all.v[i]);
+		if (CK_HASH_ADD_FAILED(&all.v[i]))
+			rc = ck_err_nomem(m->e);
+		i++;
+	}
+	HASH_ITER(hh, set, x, tmp) HASH_DEL(set, x);
+	VEC_FREE(all);
+	return rc;
+}
+
+static int add_ren(struct machine *m, struct plan *p, struct ren r)
+{
+	if (VEC_RESERVE(p->ren, p->ren.n + 1ull))
+		return ck_err_nomem(m->e);
+	r.seq = p->ren.n;
+	p->ren.v[p->ren.n++] = r;
+	return 0;
+}
+
+/* Plans the keys whose name changes; their names move into the plan. */
+static int assign(struct machine *m, struct plan *p, struct dict d, names_vec *names)
+{
+	uint32_t i = 0;
+
+	FOR_ITEMS(m, d, k) {
+		struct item it = ITEM(m, k);
+		struct str *name = &names->v[i++];
+		if (same(*name, pk_str(m, it.key)))
+			continue;
+		if (!key_op_rewritable(OP_BYTE(m, it.key_op)))
+			return pk_fail(m, it.key_op, "state-dict key is neither a string nor a memo reference");
+		if (add_ren(m, p, (struct ren){.op = it.key_op, .len = name->len, .s = name->s}))
+			return -1;
+		p->max_out += name->len + 5u;
+		name->s = NULL;
+	}
+	return 0;
+}
+
+/* New names for a `_metadata`; *in_form tells if it already has the view's
+ * shape. A view that adds the wrapper wants the wrapper's own ('', ...)
+ * entry first and every other name mapping to itself; renaming the whole
+ * metadata maps that head '' to "module" too, and the root entry that also
+ * becomes "module" then overwrites it in place, as unpickling assigns. */
+static int rename_meta(struct machine *m, struct dict md, const struct ck_view *v, names_vec *out, bool *in_form)
+{
+	bool changed = false;
+	uint32_t i = 0;
+
+	if (rename_all(m, md, v, true, out, &changed))
+		return -1;
+	if (!ck_view_adds_wrapper(v)) {
+		*in_form = !changed;
+		return 0;
+	}
+	/* the wrapper's entry '' first, then the wrapped root ("module") */
+	*in_form = md.n >= 2 && pk_str(m, ITEM(m, md.first).key).len == 0 && out->v[1].len == strlen(v->add) - 1;
+	FOR_ITEMS(m, md, k) {
+		if (!*in_form)
+			break;
+		if (i++ >= 1)
+			*in_form = same(out->v[i - 1], pk_str(m, ITEM(m, k).key));
+	}
+	return 0;
+}
+
+static bool all_str_keys(const struct machine *m, struct dict d)
+{
+	FOR_ITEMS(m, d, k)
+		if (pk_obj(m, ITEM(m, k).key).kind != K_STR)
+			return false;
+	return true;
+}
+
+/* Plans a state dict's `_metadata` unless already in the view's form; a
+ * view that adds the wrapper also inserts the wrapper's own entry. An
+ * empty metadata names no module, so there is nothing to wrap. */
+static int plan_meta(struct machine *m, struct plan *p, struct dict md, const struct ck_view *v)
+{
+	names_vec names = {0};
+	bool in_form = true;
+	int rc;
+
+	if ((rc = rename_meta(m, md, v, &names, &in_form)) || in_form || (rc = assign(m, p, md, &names)))
+		goto out;
+	if (ck_view_adds_wrapper(v) && md.n) {
+		struct item head = ITEM(m, md.first);
+		rc = add_ren(m, p, (struct ren){.op = head.key_op, .ins = head.in_batch ? INS_IN_BATCH : INS_SETITEM});
+	}
+out:
+	free_names(&names);
+	return rc;
+}
+
+/* Plans one state dict: its keys, and its `_metadata` separately; a part
+ * already in the view's form is left alone. */
+static int plan_dict(struct machine *m, struct plan *p, struct dict d, const struct ck_view *v)
+{
+	names_vec names = {0};
+	bool changed = false;
+	int rc = rename_all(m, d, v, false, &names, &changed);
+
+	if (!rc && changed && !(rc = check_collisions(m, d, &names)))
+		rc = assign(m, p, d, &names);
+	free_names(&names);
+	if (rc || d.meta == NONE_ID || !all_str_keys(m, m->dicts.v[pk_obj(m, d.meta).a]))
+		return rc;
+	return plan_meta(m, p, m->dicts.v[pk_obj(m, d.meta).a], v);
+}
+
+static int by_op(const void *a, const void *b)
+{
+	const struct ren *x = a, *y = b;
+	if (x->op != y->op)
+		return x->op < y->op ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Sorts the plan by op and merges the plans of one op (a `_metadata` shared
+ * by two state dicts is planned twice): the later name and insert hold. */
+static void sort_plan(struct plan *p)
+{
+	uint32_t w = 0;
+
+	bool sorted = true;
+
+	for (uint32_t r = 1; r < p->ren.n && sorted; r++)
+		sorted = p->ren.v[r - 1].op < p->ren.v[r].op;
+	if (!sorted) /* planned in object order: usually op order already */
+		qsort(p->ren.v, p->ren.n, sizeof(*p->ren.v), by_op);
+	for (uint32_t r = 0; r < p->ren.n; r++) {
+		struct ren x = p->ren.v[r];
+		if (w && p->ren.v[w - 1].op == x.op) {
+			struct ren *y = &p->ren.v[w - 1];
+			if (x.s) {
+				free(y->s);
+				y->s = x.s;
+				y->len = x.len;
+			}
+			if (x.ins)
+				y->ins = x.ins;
+			continue;
+		}
+		p->ren.v[w++] = x;
+	}
+	p->ren.n = w;
+}
+
+int pk_plan(struct machine *m, struct plan *p, const struct ck_view *v)
+{
+	for (uint32_t k = 0; k < m->objs.n; k++) {
+		struct obj o = pk_obj(m, k);
+		if (o.kind == K_DICT && (o.flags & F_STATE_DICT) && plan_dict(m, p, m->dicts.v[o.a], v))
+			return -1;
+	}
+	sort_plan(p);
+	return 0;
+}
+
+void pk_plan_free(struct plan *p)
+{
+	for (uint32_t k = 0; k < p->ren.n; k++)
+		free(p->ren.v[k].s);
+	VEC_FREE(p->ren);
+}
+
+uint32_t pk_renamed(const struct plan *p, uint32_t op, uint32_t hint)
+{
+	uint32_t lo = 0, hi = hint;
+
+	if (!hint || p->ren.v[hint - 1].op < op)
+		return 0;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (p->ren.v[mid].op < op)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < hint && p->ren.v[lo].op == op && p->ren.v[lo].s ? lo + 1 : 0;
+}
