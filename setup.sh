@@ -103,6 +103,7 @@ sanitized_check() {
 		./configure -q CFLAGS="$flags" LDFLAGS="-fsanitize=address,undefined" &&
 		make -j"$(nproc)" >/dev/null &&
 		ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+			LSAN_OPTIONS="suppressions=$(pwd)/tests/lsan.supp" \
 			make -j"$(nproc)" check VERBOSE=1
 	)
 }

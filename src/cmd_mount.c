@@ -383,7 +383,7 @@ int cmd_mount(int argc, char **argv)
 	fuse_remove_signal_handlers(se);
 	if (ours)
 		unmount(se, &sb, takeover ? mountpoint_real : NULL);
-	else
+	else /* the mount lives on (libfuse keeps its copy of the path: tests/lsan.supp) */
 		ck_sandbox_leave(&sb);
 	fuse_session_destroy(se);
 	ck_fs_free(fs);

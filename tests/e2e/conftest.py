@@ -39,6 +39,13 @@ def sha256(path):
     return h.hexdigest()
 
 
+def sanitized_build():
+    """Whether the daemon under test is built with AddressSanitizer (its
+    shadow memory and quarantine make RSS figures meaningless)."""
+    r = subprocess.run(["ldd", CKPTFS], capture_output=True, text=True)
+    return "libasan" in r.stdout
+
+
 def read_bytes(path):
     with open(path, "rb") as f:
         return f.read()
