@@ -390,6 +390,11 @@ int cmd_mount(int argc, char **argv)
 	cli_views_clear(&a.views);
 	if (handed)
 		return 0;
-	/* A signal (SIGTERM, ^C) is the ordinary way to stop: rc is its number. */
+	/* A signal (SIGTERM, ^C) is the ordinary way to stop: rc is its number.
+	 * So is the end of the connection: when the last file of a lazily
+	 * unmounted mount closes, a worker may read ECONNABORTED where the
+	 * others read ENODEV (which libfuse takes for an unmount). */
+	if (rc == -ECONNABORTED)
+		rc = 0;
 	return rc < 0 || !ck_daemon_was_ready() ? EXIT_RUNTIME : 0;
 }
