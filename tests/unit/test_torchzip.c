@@ -239,6 +239,24 @@ static void test_not_checkpoints(void)
 	   "a zip without a version record passes through");
 }
 
+/* The format detection gives a file whose view fails. */
+static enum ck_format detected_as(const char *path)
+{
+	struct stat st;
+	struct ck_layout *l = NULL;
+	struct ck_err e = {0};
+	enum ck_format fmt;
+	int fd = open(path, O_RDONLY);
+
+	fstat(fd, &st);
+	struct ck_src s = {.fd = fd, .size = (uint64_t)st.st_size, .name = path};
+	if (ck_view_layout(&s, &ck_view_plain, &l, &fmt, &e) == 0)
+		fmt = (enum ck_format)-1; /* not the failure asked about */
+	ck_layout_free(l);
+	close(fd);
+	return fmt;
+}
+
 /* Damaged archives: an error that names the offset, never a crash. */
 static void test_damage(const struct file *good)
 {
@@ -281,6 +299,9 @@ static void test_damage(const struct file *good)
 	spit(path, bad, good->len);
 	ok(view_of(path, &ck_view_plain, out, &kind, &e, &identity) == -1 && strstr(e.msg, "zip offset"),
 	   "a data.pkl size past the directory is refused (%s)", e.msg);
+	ok(detected_as(path) == CK_FORMAT_TORCHZIP,
+	   "a refused checkpoint is still told as one (torch-zip), as a refused legacy file is (%s)",
+	   ck_format_name(detected_as(path)));
 	free(bad);
 }
 
