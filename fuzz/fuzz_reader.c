@@ -25,15 +25,15 @@ static int lay_out(const struct ck_src *src, const struct ck_view *v, struct ck_
 	enum ck_format fmt;
 	return ck_view_layout(src, v, l, &fmt, e);
 #elif READER == torchzip
-	enum ck_zip_kind kind;
-	return ck_torchzip_layout(src, v, l, &kind, e);
+	enum ck_format fmt;
+	return ck_format_layout_as(CK_FORMAT_TORCHZIP, src, v, l, &fmt, e);
 #elif READER == legacy
 	return ck_legacy_layout(src, v, l, e);
 #elif READER == safetensors
 	return ck_safetensors_layout(src, v, l, e);
 #elif READER == shardindex
-	bool is_index;
-	return ck_shardindex_layout(src, v, l, &is_index, e);
+	enum ck_format fmt;
+	return ck_format_layout_as(CK_FORMAT_SHARDINDEX, src, v, l, &fmt, e);
 #else
 #error "READER must be format, torchzip, legacy, safetensors or shardindex"
 #endif

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "hash.h"
+#include "renames.h"
 
 json_t *ck_json_parse_object(const char *text, size_t n, const char *what, struct ck_err *e)
 {
@@ -121,46 +121,49 @@ static void put_json_string(struct ck_buf *b, const char *s, size_t n)
 
 /* ---- renaming ------------------------------------------------------------- */
 
+/* The member's new name (or its own), owned by the renamer when it differs. */
 struct name {
 	const char *s;
 	size_t len;
 	const char *orig;
-	UT_hash_handle hh;
 };
 
-/* The member's new name into *nk (NULL: unchanged), checked against the
- * names seen so far; adds it to them. */
-static int rename_one(const struct ck_json_rename *r, struct name **names, struct name *slot, const char *key,
-		      size_t at, bool rename, struct ck_err *e)
+/* The k-th member's new name into all[k], checked against the names given
+ * so far and added to them. */
+static int rename_one(const struct ck_json_rename *r, struct ck_renames *names, struct name *all, size_t k,
+		      const char *key, size_t at, bool rename, struct ck_err *e)
 {
-	size_t klen = strlen(key), nl = klen;
+	size_t klen = strlen(key), nl = klen, taken_by;
 	char *nk = NULL;
-	struct name *x;
+	int rc;
 
 	if (rename && !(nk = ck_view_key(r->view, key, klen, &nl)))
 		return ck_err_nomem(e);
-	*slot = (struct name){.s = nk ? nk : key, .len = nl, .orig = key};
+	all[k] = (struct name){.s = nk ? nk : key, .len = nl, .orig = key};
 	if (nk && r->reserved && strcmp(nk, r->reserved) == 0)
 		return ck_err_set(e, EIO, "%s offset %zu: tensor '%s' would be named '%s', which the format reserves",
 				  r->what, at, key, r->reserved);
-	HASH_FIND(hh, *names, slot->s, nl, x);
-	if (x)
+	if ((rc = ck_renames_add(names, all[k].s, nl, k, &taken_by, e)) == 1)
 		return ck_err_set(e, EIO, "%s offset %zu: tensors '%s' and '%s' would both be named '%.*s'", r->what,
-				  at, x->orig, key, (int)nl, slot->s);
-	HASH_ADD_KEYPTR(hh, *names, slot->s, nl, slot);
-	return CK_HASH_ADD_FAILED(slot) ? ck_err_nomem(e) : 0;
+				  at, all[taken_by].orig, key, (int)nl, all[k].s);
+	return rc;
 }
 
 int ck_json_rename_members(const struct ck_json_rename *r, const char *text, size_t n, size_t obj_at,
 			   json_t *obj, struct ck_buf *out, size_t *from, bool *changed, struct ck_err *e)
 {
 	size_t count = json_object_size(obj), k = 0, p = obj_at + 1;
-	struct name *names = NULL, *all = calloc(count ? count : 1, sizeof(*all)), *x, *tmp;
+	struct name *all = calloc(count ? count : 1, sizeof(*all));
+	struct ck_renames names;
 	int rc = 0;
 
 	*changed = false;
 	if (!all)
 		return ck_err_nomem(e);
+	if (ck_renames_init(&names, count, e)) {
+		free(all);
+		return -1;
+	}
 	for (void *it = json_object_iter(obj); it && !rc; it = json_object_iter_next(obj, it), k++) {
 		const char *key = json_object_iter_key(it);
 		struct member_pos m;
@@ -169,7 +172,7 @@ int ck_json_rename_members(const struct ck_json_rename *r, const char *text, siz
 		p = next_member(text, n, p, &m);
 		if (r->check && (rc = r->check(r->ctx, key, json_object_iter_value(it), m.key, &rename, e)))
 			break;
-		if ((rc = rename_one(r, &names, &all[k], key, m.key, rename, e)))
+		if ((rc = rename_one(r, &names, all, k, key, m.key, rename, e)))
 			break;
 		if (all[k].s != key && (all[k].len != strlen(key) || memcmp(all[k].s, key, all[k].len) != 0)) {
 			ck_buf_append(out, text + *from, m.key - *from);
@@ -178,7 +181,7 @@ int ck_json_rename_members(const struct ck_json_rename *r, const char *text, siz
 			*changed = true;
 		}
 	}
-	HASH_ITER(hh, names, x, tmp) HASH_DEL(names, x);
+	ck_renames_free(&names);
 	for (size_t i = 0; i < count; i++)
 		if (all[i].s && all[i].s != all[i].orig)
 			free((char *)all[i].s);

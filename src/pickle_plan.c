@@ -6,17 +6,10 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include "hash.h"
+#include "renames.h"
 
 struct str { char *s; uint32_t len; };
 typedef VEC(struct str) names_vec; /* a dict's new key names, in item order */
-
-struct seen_key {
-	const char *s;
-	uint32_t len;
-	uint32_t orig; /* object of the original key */
-	UT_hash_handle hh;
-};
 
 static bool key_op_rewritable(uint8_t c)
 {
@@ -57,30 +50,22 @@ static int rename_all(struct machine *m, struct dict d, const struct ck_view *v,
 
 static int check_collisions(struct machine *m, struct dict d, const names_vec *names)
 {
-	struct seen_key *set = NULL, *x, *tmp;
-	VEC(struct seen_key) all = {0};
+	struct ck_renames set;
 	uint32_t i = 0;
-	int rc = VEC_RESERVE(all, d.n + 1ull) ? ck_err_nomem(m->e) : 0;
+	size_t taken_by;
+	int rc = ck_renames_init(&set, d.n, m->e);
 
 	FOR_ITEMS(m, d, k) {
-		struct str name = names->v[i];
+		struct str name = names->v[i++];
 		if (rc)
 			break;
-		HASH_FIND(hh, set, name.s, name.len, x);
-		if (x) {
-			struct ck_str a = pk_str(m, x->orig), b = pk_str(m, ITEM(m, k).key);
+		if ((rc = ck_renames_add(&set, name.s, name.len, ITEM(m, k).key, &taken_by, m->e)) == 1) {
+			struct ck_str a = pk_str(m, (uint32_t)taken_by), b = pk_str(m, ITEM(m, k).key);
 			rc = ck_err_set(m->e, EIO, "keys '%.*s' and '%.*s' would both become '%.*s'", (int)a.len, a.s,
 					(int)b.len, b.s, (int)name.len, name.s);
-			break;
 		}
-		all.v[i] = (struct seen_key){.s = name.s, .len = name.len, .orig = ITEM(m, k).key};
-		HASH_ADD_KEYPTR(hh, set, all.v[i].s, all.v[i].len, &all.v[i]);
-		if (CK_HASH_ADD_FAILED(&all.v[i]))
-			rc = ck_err_nomem(m->e);
-		i++;
 	}
-	HASH_ITER(hh, set, x, tmp) HASH_DEL(set, x);
-	VEC_FREE(all);
+	ck_renames_free(&set);
 	return rc;
 }
 

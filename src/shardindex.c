@@ -49,49 +49,91 @@ static int rename_index(const char *text, size_t n, json_t *root, const struct c
 	return out->failed ? ck_err_nomem(e) : 0;
 }
 
-int ck_shardindex_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
-			 bool *is_index, struct ck_err *e)
-{
-	struct ck_layout_builder lb = {0};
-	struct ck_buf view = {0};
-	struct ck_err not_json = {0};
-	size_t n = (size_t)src->size;
-	json_t *root = NULL;
+/* What classifying read: the text and its parse, kept for the layout. */
+struct index_state {
 	char *text;
-	bool changed = false;
-	int rc = -1;
+	size_t n;
+	json_t *root;
+};
 
-	*out = NULL;
-	*is_index = false;
+void ck_shardindex_release(void *st)
+{
+	struct index_state *x = st;
+
+	if (x) {
+		json_decref(x->root);
+		free(x->text);
+	}
+	free(x);
+}
+
+/* Reads the candidate; *fmt tells whether it is an index. */
+int ck_shardindex_classify(const struct ck_src *src, void **st, enum ck_format *fmt, struct ck_err *e)
+{
+	struct ck_err not_json = {0};
+	struct index_state *x;
+	size_t n = (size_t)src->size;
+
+	*st = NULL;
+	*fmt = CK_FORMAT_OTHER;
 	if (src->size > CK_SHARDINDEX_MAX)
 		return 0;
 	if (ck_src_claim(src, n + 1, e))
 		return ck_err_context(e, "index offset 0: %zu bytes: ", n);
-	if (!(text = malloc(n + 1)))
+	if (!(x = calloc(1, sizeof(*x))) || !(x->text = malloc(n + 1))) {
+		free(x);
 		return ck_err_nomem(e);
-	if (ck_src_read(src, text, n, 0, e))
-		goto out;
-	text[n] = 0;
-	rc = 0;
-	/* most JSON files (configs, tokenizers) are no index: skip the parse */
-	if (!memmem(text, n, "\"" WEIGHT_MAP "\"", sizeof(WEIGHT_MAP) + 1))
-		goto out;
-	if ((rc = ck_src_claim(src, (n + 1) * CK_JSON_MEMORY_PER_BYTE, e))) {
-		ck_err_context(e, "index offset 0: %zu bytes: ", n);
-		goto out;
 	}
-	root = ck_json_parse_object(text, n, "index", &not_json);
-	if (!root || !is_weight_map(json_object_get(root, WEIGHT_MAP)))
-		goto out;
-	*is_index = true;
-	if ((rc = rename_index(text, n, root, v, &view, &changed, e)) || !changed)
-		goto out;
-	ck_layout_add_mem(&lb, view.data, view.len);
-	*out = ck_layout_finish(&lb, e);
-	rc = *out ? 0 : -1;
-out:
-	json_decref(root);
+	x->n = n;
+	if (ck_src_read(src, x->text, n, 0, e))
+		goto fail;
+	x->text[n] = 0;
+	/* most JSON files (configs, tokenizers) are no index: skip the parse */
+	if (!memmem(x->text, n, "\"" WEIGHT_MAP "\"", sizeof(WEIGHT_MAP) + 1))
+		goto other;
+	if (ck_src_claim(src, (n + 1) * CK_JSON_MEMORY_PER_BYTE, e)) {
+		ck_err_context(e, "index offset 0: %zu bytes: ", n);
+		goto fail;
+	}
+	x->root = ck_json_parse_object(x->text, n, "index", &not_json);
+	if (!x->root || !is_weight_map(json_object_get(x->root, WEIGHT_MAP)))
+		goto other;
+	*fmt = CK_FORMAT_SHARDINDEX;
+	*st = x;
+	return 0;
+other:
+	ck_shardindex_release(x);
+	return 0;
+fail:
+	ck_shardindex_release(x);
+	return -1;
+}
+
+int ck_shardindex_layout(const struct ck_src *src, void *st, const struct ck_view *v, struct ck_layout **out,
+			 struct ck_err *e)
+{
+	struct index_state *x = st;
+	struct ck_layout_builder lb = {0};
+	struct ck_buf view = {0};
+	bool changed = false;
+	int rc;
+
+	*out = NULL;
+	if (!(rc = rename_index(x->text, x->n, x->root, v, &view, &changed, e)) && changed) {
+		ck_layout_add_mem(&lb, view.data, view.len);
+		*out = ck_layout_finish(&lb, e);
+		rc = *out ? 0 : -1;
+	}
 	ck_buf_free(&view);
-	free(text);
+	return rc;
+}
+
+int ck_shardindex_describe(const struct ck_src *src, void *st, int *protocol, ck_found_fn fn, void *ctx,
+			   struct ck_err *e)
+{
+	struct ck_layout *l = NULL;
+	int rc = ck_shardindex_layout(src, st, &ck_view_plain, &l, e);
+
+	ck_layout_free(l);
 	return rc;
 }

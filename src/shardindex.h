@@ -8,6 +8,8 @@
 #define CKPTFS_SHARDINDEX_H
 
 #include <stdbool.h>
+#include "describe.h"
+#include "format.h"
 #include "layout.h"
 #include "source.h"
 #include "view.h"
@@ -20,11 +22,17 @@
  * index: JSON whitespace, then '{'. Only a candidate: the layout decides. */
 bool ck_shardindex_candidate(const uint8_t *head, size_t n, uint64_t file_size);
 
-/* Lays out the view of a candidate. *is_index tells whether it is an index:
- * a JSON object (strict, no duplicate names) with a member "weight_map"
- * whose value is an object of strings; anything else is no index (0, *out
- * NULL). Names of an index that would collide: -1 with e (EIO). */
-int ck_shardindex_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
-			 bool *is_index, struct ck_err *e);
+/* The steps of format.h's ck_format_ops. A candidate is an index
+ * (CK_FORMAT_SHARDINDEX) if it is a JSON object (strict, no duplicate
+ * names) with a member "weight_map" whose value is an object of strings;
+ * anything else is other and passes through. Names of an index that would
+ * collide fail the layout (EIO); describing an index reports no state
+ * dict, only whether its plain view can be laid out. */
+int ck_shardindex_classify(const struct ck_src *src, void **st, enum ck_format *fmt, struct ck_err *e);
+int ck_shardindex_layout(const struct ck_src *src, void *st, const struct ck_view *v, struct ck_layout **out,
+			 struct ck_err *e);
+int ck_shardindex_describe(const struct ck_src *src, void *st, int *protocol, ck_found_fn fn, void *ctx,
+			   struct ck_err *e);
+void ck_shardindex_release(void *st);
 
 #endif

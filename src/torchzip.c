@@ -292,7 +292,7 @@ static int see_name(struct names *nm, const uint8_t *name, size_t nl, struct ck_
 /* What kind of zip this is, from the entry names alone, reading the central
  * directory a window at a time: an ordinary zip (a large directory, entries
  * torch would refuse) is classified, never refused. */
-static int classify(struct archive *a, uint64_t n_entries, enum ck_zip_kind *kind, size_t *dl)
+static int classify(struct archive *a, uint64_t n_entries, enum ck_format *kind, size_t *dl)
 {
 	struct names nm = {0};
 	uint8_t *w = malloc(NAME_WINDOW);
@@ -325,11 +325,11 @@ static int classify(struct archive *a, uint64_t n_entries, enum ck_zip_kind *kin
 		p += len;
 	}
 	if (!nm.dir || !nm.torch_like)
-		*kind = CK_ZIP_NOT_TORCH;
+		*kind = CK_FORMAT_OTHER;
 	else if (nm.constants)
-		*kind = CK_ZIP_TORCHSCRIPT;
+		*kind = CK_FORMAT_TORCHSCRIPT;
 	else
-		*kind = nm.version && nm.pkl ? CK_ZIP_CHECKPOINT : CK_ZIP_NOT_TORCH;
+		*kind = nm.version && nm.pkl ? CK_FORMAT_TORCHZIP : CK_FORMAT_OTHER;
 	*dl = nm.dl;
 	rc = 0;
 out:
@@ -600,23 +600,55 @@ static int relayout(struct archive *a, const struct entry *pkl_ent, const struct
 	return *out ? 0 : -1;
 }
 
-/* Reads the archive and, for a checkpoint, data.pkl's bytes (*orig, owned
- * by the caller) and where its data ends. */
-static int load_checkpoint(struct archive *a, const struct entry **pkl_ent, uint8_t **orig, uint64_t *data_end,
-			   enum ck_zip_kind *kind)
-{
-	uint64_t n_entries = 0;
-	size_t dl = 0;
+/* ---- the steps of format.h ---------------------------------------------- */
 
-	*kind = CK_ZIP_NOT_TORCH;
-	if (read_end(a, &n_entries) || classify(a, n_entries, kind, &dl))
+/* What classifying read, kept for the checkpoint's own steps. */
+struct zip_state {
+	struct archive a;
+	uint64_t n_entries;
+	size_t dl;
+};
+
+bool ck_torchzip_detect(const uint8_t *head, size_t n, uint64_t size)
+{
+	return n >= 4 && memcmp(head, "PK\3\4", 4) == 0;
+}
+
+int ck_torchzip_classify(const struct ck_src *src, void **st, enum ck_format *fmt, struct ck_err *e)
+{
+	struct zip_state *z = calloc(1, sizeof(*z));
+
+	*st = NULL;
+	*fmt = CK_FORMAT_OTHER;
+	if (!z)
+		return ck_err_nomem(e);
+	z->a = (struct archive){.src = src, .e = e};
+	if (read_end(&z->a, &z->n_entries) || classify(&z->a, z->n_entries, fmt, &z->dl)) {
+		ck_torchzip_release(z);
 		return -1;
-	if (*kind != CK_ZIP_CHECKPOINT)
-		return 0;
-	/* torch's rules apply to a checkpoint only */
-	if (check_checkpoint(a, n_entries, dl, pkl_ent))
+	}
+	*st = z;
+	return 0;
+}
+
+void ck_torchzip_release(void *st)
+{
+	struct zip_state *z = st;
+
+	if (z)
+		archive_free(&z->a);
+	free(z);
+}
+
+/* Checks a checkpoint by torch's rules and reads data.pkl's bytes (*orig,
+ * owned by the caller) and where its data ends. */
+static int load_checkpoint(struct zip_state *z, struct ck_err *e, const struct entry **pkl_ent, uint8_t **orig,
+			   uint64_t *data_end)
+{
+	z->a.e = e;
+	if (check_checkpoint(&z->a, z->n_entries, z->dl, pkl_ent))
 		return -1;
-	return read_pickle(a, *pkl_ent, orig, data_end);
+	return read_pickle(&z->a, *pkl_ent, orig, data_end);
 }
 
 /* Names the record whose pickle the error was found in. */
@@ -626,10 +658,11 @@ static void pickle_context(struct archive *a, const struct entry *pkl_ent, uint6
 		       (unsigned long long)(data_end - pkl_ent->csize), ck_le16(pkl_ent->hdr + 10) ? ", deflated" : "");
 }
 
-int ck_torchzip_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
-		       enum ck_zip_kind *kind, struct ck_err *e)
+int ck_torchzip_layout(const struct ck_src *src, void *st, const struct ck_view *v, struct ck_layout **out,
+		       struct ck_err *e)
 {
-	struct archive a = {.src = src, .e = e};
+	struct zip_state *z = st;
+	struct archive *a = &z->a;
 	const struct entry *pkl_ent = NULL;
 	struct ck_buf pkl = {0};
 	uint8_t *orig = NULL;
@@ -637,47 +670,39 @@ int ck_torchzip_layout(const struct ck_src *src, const struct ck_view *v, struct
 	int rc = -1;
 
 	*out = NULL;
-	if (load_checkpoint(&a, &pkl_ent, &orig, &data_end, kind))
-		goto out;
-	if (*kind != CK_ZIP_CHECKPOINT) {
-		rc = 0;
-		goto out;
-	}
-	if (record_end(&a, pkl_ent, data_end, &old_end))
+	if (load_checkpoint(z, e, &pkl_ent, &orig, &data_end) || record_end(a, pkl_ent, data_end, &old_end))
 		goto out;
 	if (ck_src_claim(src, ck_pickle_rewrite_memory(orig, pkl_ent->usize), e)) {
-		pickle_context(&a, pkl_ent, data_end);
+		pickle_context(a, pkl_ent, data_end);
 		goto out;
 	}
 	switch (ck_pickle_rewrite(orig, pkl_ent->usize, v, &pkl, e)) {
 	case CK_PICKLE_ERROR:
-		pickle_context(&a, pkl_ent, data_end);
+		pickle_context(a, pkl_ent, data_end);
 		goto out;
 	case CK_PICKLE_UNCHANGED:
 		rc = 0;
 		goto out;
 	case CK_PICKLE_REWRITTEN:
-		rc = relayout(&a, pkl_ent, &pkl, old_end, out);
+		rc = relayout(a, pkl_ent, &pkl, old_end, out);
 	}
 out:
 	free(orig);
 	ck_buf_free(&pkl);
-	archive_free(&a);
 	return rc;
 }
 
-int ck_torchzip_describe(const struct ck_src *src, enum ck_zip_kind *kind, int *protocol, ck_found_fn fn,
-			 void *ctx, struct ck_err *e)
+int ck_torchzip_describe(const struct ck_src *src, void *st, int *protocol, ck_found_fn fn, void *ctx,
+			 struct ck_err *e)
 {
-	struct archive a = {.src = src, .e = e};
+	struct zip_state *z = st;
 	const struct entry *pkl_ent = NULL;
 	uint8_t *orig = NULL;
 	uint64_t data_end = 0;
-	int rc = load_checkpoint(&a, &pkl_ent, &orig, &data_end, kind);
+	int rc = load_checkpoint(z, e, &pkl_ent, &orig, &data_end);
 
-	if (!rc && *kind == CK_ZIP_CHECKPOINT && (rc = ck_pickle_describe(orig, pkl_ent->usize, protocol, fn, ctx, e)))
-		pickle_context(&a, pkl_ent, data_end);
+	if (!rc && (rc = ck_pickle_describe(orig, pkl_ent->usize, protocol, fn, ctx, e)))
+		pickle_context(&z->a, pkl_ent, data_end);
 	free(orig);
-	archive_free(&a);
 	return rc;
 }

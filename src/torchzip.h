@@ -5,6 +5,7 @@
 #define CKPTFS_TORCHZIP_H
 
 #include "describe.h"
+#include "format.h"
 #include "layout.h"
 #include "source.h"
 #include "view.h"
@@ -13,20 +14,18 @@
 #define CK_ZIP_MAX_CD_BYTES ((uint64_t)256 << 20)
 #define CK_ZIP_MAX_PICKLE_BYTES ((uint64_t)1 << 30)
 
-enum ck_zip_kind {
-	CK_ZIP_NOT_TORCH = 0,   /* a zip, but no <dir>/data.pkl + <dir>/version: pass through */
-	CK_ZIP_TORCHSCRIPT,     /* has constants.pkl: pass through, never parsed */
-	CK_ZIP_CHECKPOINT,
-};
-
-/* Builds the view layout. Returns 0 and sets *out (NULL when the view is
- * the source unchanged) and *kind, or -1 with e set. */
-int ck_torchzip_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
-		       enum ck_zip_kind *kind, struct ck_err *e);
-
-/* Reads the archive as ck_torchzip_layout does and, for a checkpoint,
- * reports data.pkl's state dicts to fn (ck_pickle_describe). */
-int ck_torchzip_describe(const struct ck_src *src, enum ck_zip_kind *kind, int *protocol, ck_found_fn fn,
-			 void *ctx, struct ck_err *e);
+/* The steps of format.h's ck_format_ops. Classifying reads the end records
+ * and the entry names only: a zip is a checkpoint (CK_FORMAT_TORCHZIP,
+ * <dir>/data.pkl + <dir>/version), TorchScript (has constants.pkl: passes
+ * through, never parsed) or other. Only a checkpoint is then held to
+ * torch's rules (layout, describe): an ordinary zip never fails. */
+bool ck_torchzip_detect(const uint8_t *head, size_t n, uint64_t size);
+int ck_torchzip_classify(const struct ck_src *src, void **st, enum ck_format *fmt, struct ck_err *e);
+int ck_torchzip_layout(const struct ck_src *src, void *st, const struct ck_view *v, struct ck_layout **out,
+		       struct ck_err *e);
+/* Reports data.pkl's state dicts to fn (ck_pickle_describe). */
+int ck_torchzip_describe(const struct ck_src *src, void *st, int *protocol, ck_found_fn fn, void *ctx,
+			 struct ck_err *e);
+void ck_torchzip_release(void *st);
 
 #endif

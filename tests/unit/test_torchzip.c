@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include <zip.h>
 #include "buf.h"
+#include "format.h"
 #include "pickle.h"
 #include "tap.h"
 #include "torchzip.h"
@@ -51,7 +52,7 @@ static void spit(const char *path, const void *p, size_t n)
 
 /* Lays out the view of a file and writes it next to it; NULL layout means
  * the view is the source. Returns the layout result. */
-static int view_of(const char *path, const struct ck_view *v, const char *out, enum ck_zip_kind *kind,
+static int view_of(const char *path, const struct ck_view *v, const char *out, enum ck_format *kind,
 		   struct ck_err *e, int *identity)
 {
 	struct stat st;
@@ -61,7 +62,7 @@ static int view_of(const char *path, const struct ck_view *v, const char *out, e
 	memset(e, 0, sizeof(*e));
 	fstat(fd, &st);
 	struct ck_src s = {fd, (uint64_t)st.st_size, path};
-	rc = ck_torchzip_layout(&s, v, &l, kind, e);
+	rc = ck_format_layout_as(CK_FORMAT_TORCHZIP, &s, v, &l, kind, e);
 	*identity = rc == 0 && !l;
 	if (l) {
 		uint8_t *buf = malloc(l->size);
@@ -157,12 +158,12 @@ static void test_view(const char *src, const struct ck_view *v, int expect_ident
 {
 	char out[256], why[256] = "";
 	struct ck_err e;
-	enum ck_zip_kind kind;
+	enum ck_format kind;
 	int identity, rc;
 
 	snprintf(out, sizeof(out), "%s/%s.view", tmpdir, v->name);
 	rc = view_of(src, v, out, &kind, &e, &identity);
-	ok(rc == 0 && kind == CK_ZIP_CHECKPOINT, "%s through %s: a checkpoint, laid out (%s)", src, v->name, e.msg);
+	ok(rc == 0 && kind == CK_FORMAT_TORCHZIP, "%s through %s: a checkpoint, laid out (%s)", src, v->name, e.msg);
 	ok(identity == expect_identity, "%s through %s: %s", src, v->name,
 	   expect_identity ? "nothing to change, the view is the source" : "rewritten");
 	if (identity)
@@ -188,7 +189,7 @@ static void test_foreign_writer(const struct file *pkl)
 	char path[256], out[256], why[256] = "";
 	int err = 0, identity;
 	struct ck_err e;
-	enum ck_zip_kind kind;
+	enum ck_format kind;
 	zip_t *z;
 
 	snprintf(path, sizeof(path), "%s/foreign.pth", tmpdir);
@@ -216,7 +217,7 @@ static void test_not_checkpoints(void)
 	char path[256], out[256];
 	int err = 0, identity;
 	struct ck_err e;
-	enum ck_zip_kind kind;
+	enum ck_format kind;
 	zip_t *z;
 
 	snprintf(path, sizeof(path), "%s/script.pt", tmpdir);
@@ -226,7 +227,7 @@ static void test_not_checkpoints(void)
 	zip_file_add(z, "script/version", zip_source_buffer(z, "3\n", 2, 0), 0);
 	zip_close(z);
 	snprintf(out, sizeof(out), "%s/x.view", tmpdir);
-	ok(view_of(path, &ck_view_plain, out, &kind, &e, &identity) == 0 && identity && kind == CK_ZIP_TORCHSCRIPT,
+	ok(view_of(path, &ck_view_plain, out, &kind, &e, &identity) == 0 && identity && kind == CK_FORMAT_TORCHSCRIPT,
 	   "a TorchScript archive passes through unparsed");
 
 	snprintf(path, sizeof(path), "%s/other.zip", tmpdir);
@@ -234,8 +235,26 @@ static void test_not_checkpoints(void)
 	zip_file_add(z, "docs/readme.txt", zip_source_buffer(z, "hello", 5, 0), 0);
 	zip_file_add(z, "docs/data.pkl", zip_source_buffer(z, "\x80\x02}.", 4, 0), 0);
 	zip_close(z);
-	ok(view_of(path, &ck_view_plain, out, &kind, &e, &identity) == 0 && identity && kind == CK_ZIP_NOT_TORCH,
+	ok(view_of(path, &ck_view_plain, out, &kind, &e, &identity) == 0 && identity && kind == CK_FORMAT_OTHER,
 	   "a zip without a version record passes through");
+}
+
+/* The format detection gives a file whose view fails. */
+static enum ck_format detected_as(const char *path)
+{
+	struct stat st;
+	struct ck_layout *l = NULL;
+	struct ck_err e = {0};
+	enum ck_format fmt;
+	int fd = open(path, O_RDONLY);
+
+	fstat(fd, &st);
+	struct ck_src s = {.fd = fd, .size = (uint64_t)st.st_size, .name = path};
+	if (ck_view_layout(&s, &ck_view_plain, &l, &fmt, &e) == 0)
+		fmt = (enum ck_format)-1; /* not the failure asked about */
+	ck_layout_free(l);
+	close(fd);
+	return fmt;
 }
 
 /* Damaged archives: an error that names the offset, never a crash. */
@@ -243,7 +262,7 @@ static void test_damage(const struct file *good)
 {
 	char path[256], out[256];
 	struct ck_err e;
-	enum ck_zip_kind kind;
+	enum ck_format kind;
 	int identity;
 	size_t missed = 0;
 	uint8_t *bad = malloc(good->len);
@@ -280,6 +299,9 @@ static void test_damage(const struct file *good)
 	spit(path, bad, good->len);
 	ok(view_of(path, &ck_view_plain, out, &kind, &e, &identity) == -1 && strstr(e.msg, "zip offset"),
 	   "a data.pkl size past the directory is refused (%s)", e.msg);
+	ok(detected_as(path) == CK_FORMAT_TORCHZIP,
+	   "a refused checkpoint is still told as one (torch-zip), as a refused legacy file is (%s)",
+	   ck_format_name(detected_as(path)));
 	free(bad);
 }
 
@@ -318,7 +340,7 @@ static void test_classified_first(const char *ckpt)
 	char path[256], out[256];
 	int err = 0, identity;
 	struct ck_err e;
-	enum ck_zip_kind kind;
+	enum ck_format kind;
 	zip_t *z;
 
 	snprintf(path, sizeof(path), "%s/plain.zip", tmpdir);
@@ -339,7 +361,7 @@ static void test_classified_first(const char *ckpt)
 		}
 		snprintf(p2, sizeof(p2), "%s/damaged.zip", tmpdir);
 		spit(p2, f.data, f.len);
-		ok(view_of(p2, &ck_view_plain, out, &kind, &e, &identity) == 0 && identity && kind == CK_ZIP_NOT_TORCH,
+		ok(view_of(p2, &ck_view_plain, out, &kind, &e, &identity) == 0 && identity && kind == CK_FORMAT_OTHER,
 		   "an ordinary zip %s passes through (%s)", damage ? "of a split archive" : "with an encrypted entry",
 		   e.msg);
 		spit(p2, c.data, c.len);
@@ -356,7 +378,7 @@ static void test_names_any_case(const struct file *pkl)
 	char path[256], out[256];
 	int err = 0, identity;
 	struct ck_err e;
-	enum ck_zip_kind kind;
+	enum ck_format kind;
 	zip_t *z;
 
 	snprintf(path, sizeof(path), "%s/caps.pt", tmpdir);
@@ -365,7 +387,7 @@ static void test_names_any_case(const struct file *pkl)
 	zip_file_add(z, "archive/DATA.PKL", zip_source_buffer(z, pkl->data, pkl->len, 0), 0);
 	zip_file_add(z, "archive/Version", zip_source_buffer(z, "3\n", 2, 0), 0);
 	zip_close(z);
-	ok(view_of(path, &ck_view_plain, out, &kind, &e, &identity) == 0 && !identity && kind == CK_ZIP_CHECKPOINT,
+	ok(view_of(path, &ck_view_plain, out, &kind, &e, &identity) == 0 && !identity && kind == CK_FORMAT_TORCHZIP,
 	   "records named in capitals are a checkpoint, rewritten (%s)", e.msg);
 }
 
