@@ -40,6 +40,7 @@ struct ck_nodes {
 	dev_t root_dev;
 	ino_t root_ino;
 	unsigned nviews;
+	size_t find_budget;     /* FIND_MAX_ENTRIES unless set */
 	_Atomic dev_t self_dev; /* the mount's own device, once known; 0 before */
 };
 
@@ -190,6 +191,7 @@ struct ck_nodes *ck_nodes_new(int root_fd, unsigned nviews)
 	t->root_dev = st.st_dev;
 	t->root_ino = st.st_ino;
 	t->nviews = nviews;
+	t->find_budget = FIND_MAX_ENTRIES;
 	/* The mount root belongs to no view: view index nviews. */
 	if (insert_pinned(t, CK_NODES_ROOT_ID, nviews))
 		goto fail;
@@ -409,6 +411,11 @@ static int open_each_component(int dirfd, const char *path)
 		fd = next < 0 ? -err : next;
 	}
 	return fd;
+}
+
+void ck_nodes_set_find_budget(struct ck_nodes *t, size_t entries)
+{
+	t->find_budget = entries;
 }
 
 void ck_nodes_set_self_dev(struct ck_nodes *t, dev_t dev)
@@ -658,7 +665,7 @@ int ck_nodes_find_and_ref(struct ck_nodes *t, uint64_t id)
 		return -ENOMEM;
 	s->t = t;
 	s->id = id;
-	s->budget = FIND_MAX_ENTRIES;
+	s->budget = t->find_budget;
 	fd = openat(t->root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd >= 0 && search_dir(s, fd, 0)) {
 		pthread_mutex_lock(&t->lock);

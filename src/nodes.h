@@ -16,6 +16,7 @@
 
 #include <limits.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
 
@@ -87,6 +88,9 @@ int ck_nodes_ref(struct ck_nodes *t, uint64_t id);
  * handle (NFS export): searches the source tree for it, remembers where,
  * and takes a reference. -ESTALE when no such object exists any more. */
 int ck_nodes_find_and_ref(struct ck_nodes *t, uint64_t id);
+/* How many directory entries one such search may read before it gives up
+ * (ESTALE); a million unless set. Set before the table is shared. */
+void ck_nodes_set_find_budget(struct ck_nodes *t, size_t entries);
 void ck_nodes_forget(struct ck_nodes *t, uint64_t id, uint64_t nlookup);
 
 /* The directory a node was found in; the mount root is its own parent. */
