@@ -133,7 +133,7 @@ static void test_new_versions(void)
 	struct ck_nodes *t = table(1);
 	uint64_t v0 = ck_nodes_view_root(t, 0), b, x, x2, b2;
 	struct ck_located loc;
-	struct stat before;
+	struct stat before, after;
 	bool pt;
 	char p[PATH_MAX];
 
@@ -142,8 +142,11 @@ static void test_new_versions(void)
 	snprintf(p, sizeof(p), "%s/n/b/x.pth", root);
 	stat(p, &before);
 	clock_past("n/b/x.pth");
-	put("n/b/x.pth", "XXXX-same-size-content");
+	put("n/b/x.pth", "checkpoint bytes v2....");
 	utimensat(AT_FDCWD, p, (struct timespec[]){before.st_atim, before.st_mtim}, 0);
+	stat(p, &after);
+	ok(after.st_size == before.st_size && after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
+	   after.st_mtim.tv_nsec == before.st_mtim.tv_nsec, "rewritten with the same size and mtime");
 	x2 = lookup(t, b, "x.pth");
 	ok(x2 && x2 != x, "a same-size rewrite with the old mtime restored gets a new id (ctime)");
 	ok(ck_nodes_locate(t, x, &loc) == -ESTALE, "its old id is stale");
