@@ -565,7 +565,11 @@ static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 	}
 	if (!err) {
 		target[n] = '\0';
-		if (ck_link_in_view(target, loc.path, (const char *const *)fs->roots, fs->nroots, shown,
+		/* an absolute target is made relative to the link's place,
+		 * which a path longer than PATH_MAX cannot give */
+		if (loc.cut && target[0] == '/')
+			err = -ENAMETOOLONG;
+		else if (ck_link_in_view(target, loc.path, (const char *const *)fs->roots, fs->nroots, shown,
 				    sizeof(shown)) < 0)
 			err = -ENAMETOOLONG;
 	}

@@ -342,24 +342,24 @@ int ck_nodes_parent(struct ck_nodes *t, uint64_t id, uint64_t *parent)
 	return n ? 0 : -ESTALE;
 }
 
-/* Called with the lock held. Writes the node's path relative to the source
- * root by walking up to its view root. */
-static int path_of(struct ck_nodes *t, uint64_t id, char *buf, size_t size, unsigned *view,
-		   uint64_t *ident, bool *passthrough)
+/* Called with the lock held. The node's path relative to the source root
+ * (malloc'd, of any length), by walking up to its view root. */
+static int path_of(struct ck_nodes *t, uint64_t id, char **path, unsigned *view, uint64_t *ident,
+		   bool *passthrough)
 {
 	struct node *n = find(t, id);
 	size_t len = 0, at;
+	char *buf;
 
 	if (!n || n->id == CK_NODES_ROOT_ID)
 		return -ESTALE;
 	*view = n->view;
 	*ident = n->ident;
 	*passthrough = n->passthrough;
-	for (const struct node *p = n; p->name; p = find(t, p->parent)) {
+	for (const struct node *p = n; p->name; p = find(t, p->parent))
 		len += strlen(p->name) + 1;
-		if (len > size)
-			return -ENAMETOOLONG;
-	}
+	if (!(*path = buf = malloc(len ? len : 2)))
+		return -ENOMEM;
 	if (len == 0) {
 		strcpy(buf, ".");
 		return 0;
@@ -375,6 +375,39 @@ static int path_of(struct ck_nodes *t, uint64_t id, char *buf, size_t size, unsi
 			buf[--at] = '/';
 	}
 	return 0;
+}
+
+/* What messages show of a path longer than ck_located.path holds. */
+#define CUT_MARK "\xe2\x80\xa6/" /* "…/" */
+
+/* Sets loc->path to dir/name (dir "." for the root, name "" for none): the
+ * whole path where it fits, else CUT_MARK and its last components. */
+static void show_path(struct ck_located *loc, const char *dir, const char *name, bool cut)
+{
+	size_t room = sizeof(loc->path) - sizeof(CUT_MARK);
+	char *full = NULL, *tail;
+	int n;
+
+	if (strcmp(dir, ".") == 0 && *name)
+		dir = "";
+	n = asprintf(&full, "%s%s%s", dir, *dir && *name ? "/" : "", name);
+	if (n < 0) {
+		snprintf(loc->path, sizeof(loc->path), "%s", CUT_MARK);
+		loc->cut = true;
+		return;
+	}
+	loc->cut = cut || (size_t)n >= sizeof(loc->path);
+	if (!loc->cut) {
+		memcpy(loc->path, full, (size_t)n + 1);
+	} else {
+		tail = (size_t)n > room ? full + n - room : full;
+		if (tail > full && tail[-1] != '/' && strchr(tail, '/'))
+			tail = strchr(tail, '/') + 1; /* whole names only */
+		if (strncmp(tail, CUT_MARK, sizeof(CUT_MARK) - 1) == 0)
+			tail += sizeof(CUT_MARK) - 1;
+		snprintf(loc->path, sizeof(loc->path), "%s%s", CUT_MARK, tail);
+	}
+	free(full);
 }
 
 /* The kernel refuses any symlink on the way and any step out of dirfd. */
@@ -443,21 +476,58 @@ static dev_t dev_of(int fd)
 	return makedev(stx.stx_dev_major, stx.stx_dev_minor);
 }
 
+/* One piece of a path (shorter than PATH_MAX) beneath dirfd. */
+static int open_piece(int dirfd, const char *piece)
+{
+	static atomic_bool no_openat2;
+	int fd = -ENOSYS;
+
+	if (!atomic_load_explicit(&no_openat2, memory_order_relaxed))
+		fd = openat2_beneath(dirfd, piece);
+	if (fd == -ENOSYS) {
+		atomic_store_explicit(&no_openat2, true, memory_order_relaxed);
+		fd = open_each_component(dirfd, piece);
+	}
+	return fd;
+}
+
+/* A path longer than the kernel takes (a source tree deeper than PATH_MAX)
+ * is opened in pieces, each beneath the last. */
+static int open_pieces(int dirfd, const char *path)
+{
+	char piece[PATH_MAX];
+	int fd = dirfd;
+
+	do {
+		size_t n = strlen(path);
+		const char *slash;
+		int next;
+
+		if (n >= sizeof(piece)) {
+			slash = memrchr(path, '/', sizeof(piece) - 1);
+			n = slash ? (size_t)(slash - path) : 0;
+		}
+		memcpy(piece, path, n);
+		piece[n] = '\0';
+		next = n ? open_piece(fd, piece) : -ENAMETOOLONG;
+		if (fd != dirfd)
+			close(fd);
+		if (next < 0)
+			return next;
+		fd = next;
+		path += n + (path[n] == '/');
+	} while (*path);
+	return fd;
+}
+
 /* Opens path beneath dirfd as an O_PATH descriptor, never following a
  * symlink, so a source tree changing under us cannot lead the daemon
  * elsewhere. A symlink as the last component is opened itself; this
  * mount itself (in the source through an alias) is refused: ELOOP. */
 static int open_beneath(struct ck_nodes *t, int dirfd, const char *path, struct ck_located *loc)
 {
-	static atomic_bool no_openat2;
-	int fd = -ENOSYS;
+	int fd = open_pieces(dirfd, path);
 
-	if (!atomic_load_explicit(&no_openat2, memory_order_relaxed))
-		fd = openat2_beneath(dirfd, path);
-	if (fd == -ENOSYS) {
-		atomic_store_explicit(&no_openat2, true, memory_order_relaxed);
-		fd = open_each_component(dirfd, path);
-	}
 	if (fd < 0)
 		return fd;
 	if (is_self(t, dev_of(fd))) {
@@ -484,14 +554,18 @@ static int stale_if_moved(int err)
 int ck_nodes_locate_latest(struct ck_nodes *t, uint64_t id, struct ck_located *loc, bool *passthrough)
 {
 	uint64_t ident;
+	char *path;
 	int err;
 
 	pthread_mutex_lock(&t->lock);
-	err = path_of(t, id, loc->path, sizeof(loc->path), &loc->view, &ident, passthrough);
+	err = path_of(t, id, &path, &loc->view, &ident, passthrough);
 	pthread_mutex_unlock(&t->lock);
 	if (err)
 		return err;
-	err = open_beneath(t, t->root_fd, loc->path, loc);
+	err = open_beneath(t, t->root_fd, path, loc);
+	if (!err)
+		show_path(loc, path, "", false);
+	free(path);
 	if (err)
 		return stale_if_moved(err);
 	if (ck_nodes_id(t, &loc->st, loc->ident, loc->view) == id)
@@ -520,7 +594,7 @@ int ck_nodes_locate_child(struct ck_nodes *t, uint64_t parent, const char *name,
 			  struct ck_located *loc)
 {
 	struct ck_located dir;
-	int err, n;
+	int err;
 
 	err = ck_nodes_locate(t, parent, &dir);
 	if (err)
@@ -530,12 +604,7 @@ int ck_nodes_locate_child(struct ck_nodes *t, uint64_t parent, const char *name,
 	if (err)
 		return err;
 	loc->view = dir.view;
-	n = strcmp(dir.path, ".") == 0 ? snprintf(loc->path, sizeof(loc->path), "%s", name)
-				       : snprintf(loc->path, sizeof(loc->path), "%s/%s", dir.path, name);
-	if (n < 0 || (size_t)n >= sizeof(loc->path)) {
-		close(loc->fd);
-		return -ENAMETOOLONG;
-	}
+	show_path(loc, dir.path, name, dir.cut);
 	return 0;
 }
 
@@ -545,7 +614,8 @@ struct search {
 	struct ck_nodes *t;
 	uint64_t id;
 	size_t budget;                        /* entries still allowed */
-	char path[PATH_MAX];                  /* the current place, relative to the root */
+	char *path;                           /* the current place, relative to the root */
+	size_t room;                          /* allocated for path */
 	struct { dev_t dev; ino_t ino; } at[PATH_MAX / 2]; /* each component of path */
 	size_t depth;
 	unsigned view;                        /* of the match */
@@ -582,6 +652,20 @@ static bool hashed_or_same_ino(const struct search *s, const struct stat *st)
 	return s->id >> 63 || (uint64_t)st->st_ino == s->id >> 31;
 }
 
+/* Makes room in s->path for size bytes: paths may be longer than PATH_MAX. */
+static bool path_room(struct search *s, size_t size)
+{
+	char *p;
+
+	if (size <= s->room)
+		return true;
+	if (!(p = realloc(s->path, size > 2 * s->room ? size : 2 * s->room)))
+		return false;
+	s->room = size > 2 * s->room ? size : 2 * s->room;
+	s->path = p;
+	return true;
+}
+
 /* Visits one entry of the directory at s->path (len bytes). */
 static bool search_entry(struct search *s, int dirfd, const char *name, size_t len)
 {
@@ -589,7 +673,7 @@ static bool search_entry(struct search *s, int dirfd, const char *name, size_t l
 	struct stat st;
 	int fd;
 
-	if (sub_len >= sizeof(s->path) || s->depth == sizeof(s->at) / sizeof(s->at[0]) ||
+	if (!path_room(s, sub_len + 1) || s->depth == sizeof(s->at) / sizeof(s->at[0]) ||
 	    fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW))
 		return false;
 	if (len)
@@ -672,6 +756,7 @@ int ck_nodes_find_and_ref(struct ck_nodes *t, uint64_t id)
 		err = remember_found(t, s);
 		pthread_mutex_unlock(&t->lock);
 	}
+	free(s->path);
 	free(s);
 	return err;
 }

@@ -61,7 +61,11 @@ struct ck_located {
 	struct stat st;
 	uint64_t ident;       /* ck_nodes_ident() */
 	unsigned view;
-	char path[PATH_MAX];  /* relative to the source root; "." for the root */
+	/* relative to the source root; "." for the root. For messages where
+	 * cut: the object lies deeper than PATH_MAX, and this is "…/" and the
+	 * last components of its path. */
+	char path[PATH_MAX];
+	bool cut;
 };
 
 /* Finds node id (not the mount root). -ESTALE when the id is unknown or no

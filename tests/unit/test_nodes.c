@@ -5,7 +5,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
+#include <dirent.h>
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -272,9 +272,76 @@ static void test_out_of_memory(void)
 	ck_nodes_free(t);
 }
 
-static int rm(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+/* 40 directories of 120-byte names: a path of 4840 bytes, past PATH_MAX. */
+#define DEEP_LEVELS 40
+
+static void deep_name(char *name, int level)
 {
-	return remove(path);
+	memset(name, 'd', 120);
+	snprintf(name + 117, 4, "%03d", level);
+}
+
+static void test_deeper_than_path_max(void)
+{
+	struct ck_nodes *t = table(1);
+	uint64_t ids[DEEP_LEVELS + 1], x;
+	struct ck_located loc;
+	char name[121];
+	int fd = open(root, O_PATH | O_DIRECTORY), next;
+	size_t len;
+
+	for (int i = 0; i < DEEP_LEVELS; i++) {
+		deep_name(name, i);
+		mkdirat(fd, name, 0755);
+		next = openat(fd, name, O_PATH | O_DIRECTORY);
+		close(fd);
+		fd = next;
+	}
+	next = openat(fd, "x.pth", O_WRONLY | O_CREAT, 0644);
+	close(next);
+	close(fd);
+	ids[0] = ck_nodes_view_root(t, 0);
+	for (int i = 0; i < DEEP_LEVELS; i++) {
+		deep_name(name, i);
+		ids[i + 1] = lookup(t, ids[i], name);
+	}
+	x = lookup(t, ids[DEEP_LEVELS], "x.pth");
+	ok(x != 0, "a file deeper than PATH_MAX is looked up");
+	ok(ck_nodes_locate(t, x, &loc) == 0 && S_ISREG(loc.st.st_mode), "and located by its id");
+	len = strlen(loc.path);
+	ok(loc.cut && strncmp(loc.path, "\xe2\x80\xa6/", 4) == 0 && len < PATH_MAX &&
+	   strcmp(loc.path + len - 9, "039/x.pth") == 0,
+	   "its shown path is cut at the front with an ellipsis: %.20s...%s", loc.path, loc.path + len - 20);
+	close(loc.fd);
+	ck_nodes_forget(t, x, 1);
+	for (int i = DEEP_LEVELS; i > 0; i--)
+		ck_nodes_forget(t, ids[i], 1);
+	ok(ck_nodes_locate(t, x, &loc) == -ESTALE, "forgotten, it is gone from the table");
+	ok(ck_nodes_find_and_ref(t, x) == 0 && ck_nodes_locate(t, x, &loc) == 0 && loc.cut,
+	   "and the tree search finds it again");
+	close(loc.fd);
+	ck_nodes_free(t);
+}
+
+/* Removes name beneath dirfd, relative to each directory: the tree is
+ * deeper than any path nftw could build. */
+static void rm_at(int at_fd, const char *name)
+{
+	int fd = openat(at_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		unlinkat(at_fd, name, 0);
+		return;
+	}
+	while ((de = readdir(d)))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			rm_at(dirfd(d), de->d_name);
+	closedir(d);
+	unlinkat(at_fd, name, AT_REMOVEDIR);
 }
 
 int main(void)
@@ -301,6 +368,7 @@ int main(void)
 	mk("w");
 	test_search_budget();
 	test_out_of_memory();
-	nftw(root, rm, 16, FTW_DEPTH | FTW_PHYS);
+	test_deeper_than_path_max();
+	rm_at(AT_FDCWD, root);
 	return tap_done();
 }
