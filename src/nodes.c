@@ -377,14 +377,11 @@ static int path_of(struct ck_nodes *t, uint64_t id, char **path, unsigned *view,
 	return 0;
 }
 
-/* What messages show of a path longer than ck_located.path holds. */
-#define CUT_MARK "\xe2\x80\xa6/" /* "…/" */
-
 /* Sets loc->path to dir/name (dir "." for the root, name "" for none): the
- * whole path where it fits, else CUT_MARK and its last components. */
+ * whole path where it fits, else CK_NODES_CUT and its last components. */
 static void show_path(struct ck_located *loc, const char *dir, const char *name, bool cut)
 {
-	size_t room = sizeof(loc->path) - sizeof(CUT_MARK);
+	size_t room = sizeof(loc->path) - sizeof(CK_NODES_CUT);
 	char *full = NULL, *tail;
 	int n;
 
@@ -392,7 +389,7 @@ static void show_path(struct ck_located *loc, const char *dir, const char *name,
 		dir = "";
 	n = asprintf(&full, "%s%s%s", dir, *dir && *name ? "/" : "", name);
 	if (n < 0) {
-		snprintf(loc->path, sizeof(loc->path), "%s", CUT_MARK);
+		snprintf(loc->path, sizeof(loc->path), "%s", CK_NODES_CUT);
 		loc->cut = true;
 		return;
 	}
@@ -403,9 +400,9 @@ static void show_path(struct ck_located *loc, const char *dir, const char *name,
 		tail = (size_t)n > room ? full + n - room : full;
 		if (tail > full && tail[-1] != '/' && strchr(tail, '/'))
 			tail = strchr(tail, '/') + 1; /* whole names only */
-		if (strncmp(tail, CUT_MARK, sizeof(CUT_MARK) - 1) == 0)
-			tail += sizeof(CUT_MARK) - 1;
-		snprintf(loc->path, sizeof(loc->path), "%s%s", CUT_MARK, tail);
+		if (strncmp(tail, CK_NODES_CUT, sizeof(CK_NODES_CUT) - 1) == 0)
+			tail += sizeof(CK_NODES_CUT) - 1;
+		snprintf(loc->path, sizeof(loc->path), "%s%s", CK_NODES_CUT, tail);
 	}
 	free(full);
 }

@@ -54,6 +54,9 @@ uint64_t ck_nodes_entry_ino(const struct ck_nodes *t, dev_t dev, ino_t ino, unsi
 /* The id of a view directory: the source root seen through that view. */
 uint64_t ck_nodes_view_root(const struct ck_nodes *t, unsigned view);
 
+/* What stands for the front of a path cut for a message: "…/". */
+#define CK_NODES_CUT "\xe2\x80\xa6/"
+
 /* A source object found for a node: an O_PATH descriptor (the caller
  * closes it) and what fstat said about it. */
 struct ck_located {
@@ -62,8 +65,8 @@ struct ck_located {
 	uint64_t ident;       /* ck_nodes_ident() */
 	unsigned view;
 	/* relative to the source root; "." for the root. For messages where
-	 * cut: the object lies deeper than PATH_MAX, and this is "…/" and the
-	 * last components of its path. */
+	 * cut: the object lies deeper than PATH_MAX, and this is CK_NODES_CUT
+	 * and the last components of its path. */
 	char path[PATH_MAX];
 	bool cut;
 };
