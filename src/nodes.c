@@ -387,23 +387,22 @@ static void show_path(struct ck_located *loc, const char *dir, const char *name,
 
 	if (strcmp(dir, ".") == 0 && *name)
 		dir = "";
+	loc->cut = false;
+	if (!cut && snprintf(loc->path, sizeof(loc->path), "%s%s%s", dir, *dir && *name ? "/" : "", name) <
+			    (int)sizeof(loc->path))
+		return; /* the usual case: no copy */
+	loc->cut = true;
 	n = asprintf(&full, "%s%s%s", dir, *dir && *name ? "/" : "", name);
 	if (n < 0) {
 		snprintf(loc->path, sizeof(loc->path), "%s", CK_NODES_CUT);
-		loc->cut = true;
 		return;
 	}
-	loc->cut = cut || (size_t)n >= sizeof(loc->path);
-	if (!loc->cut) {
-		memcpy(loc->path, full, (size_t)n + 1);
-	} else {
-		tail = (size_t)n > room ? full + n - room : full;
-		if (tail > full && tail[-1] != '/' && strchr(tail, '/'))
-			tail = strchr(tail, '/') + 1; /* whole names only */
-		if (strncmp(tail, CK_NODES_CUT, sizeof(CK_NODES_CUT) - 1) == 0)
-			tail += sizeof(CK_NODES_CUT) - 1;
-		snprintf(loc->path, sizeof(loc->path), "%s%s", CK_NODES_CUT, tail);
-	}
+	tail = (size_t)n > room ? full + n - room : full;
+	if (tail > full && tail[-1] != '/' && strchr(tail, '/'))
+		tail = strchr(tail, '/') + 1; /* whole names only */
+	if (strncmp(tail, CK_NODES_CUT, sizeof(CK_NODES_CUT) - 1) == 0)
+		tail += sizeof(CK_NODES_CUT) - 1;
+	snprintf(loc->path, sizeof(loc->path), "%s%s", CK_NODES_CUT, tail);
 	free(full);
 }
 
