@@ -39,8 +39,9 @@ _Static_assert(CK_NODES_ROOT_ID == FUSE_ROOT_ID, "the node table's root is the m
  * stat of a hostile file does not hang its caller. */
 #define CK_FS_CLAIM_WAIT_S 10
 
-/* Room for "ddp/" + a source path. */
-#define VIEW_PATH_MAX (PATH_MAX + 32)
+/* How long a name in a message may be: a log line has room for 1024 bytes,
+ * the message too. */
+#define VIEW_PATH_MAX 400
 
 struct ck_fs {
 	struct ck_nodes *nodes;
@@ -243,15 +244,29 @@ static int locate_latest(struct ck_fs *fs, uint64_t id, struct ck_located *loc, 
 	return adopted(fs, id, err) ? ck_nodes_locate_latest(fs->nodes, id, loc, passthrough) : err;
 }
 
-/* How messages name a view file: "plain/a/x.pth". */
+/* How messages name a view file: "plain/a/x.pth"; a longer name than a
+ * message has room for keeps its end: "plain/…/b/x.pth". */
 static void view_path(const struct ck_fs *fs, const struct ck_located *loc, char *buf, size_t size)
 {
-	const struct ck_view *const *views = fs->views;
+	const char *view = fs->views[loc->view]->name, *tail = loc->path;
+	size_t cut = strlen(CK_NODES_CUT), len = strlen(tail), room = size - strlen(view) - cut - 2;
 
-	if (strcmp(loc->path, ".") == 0)
-		snprintf(buf, size, "%s", views[loc->view]->name);
-	else
-		snprintf(buf, size, "%s/%s", views[loc->view]->name, loc->path);
+	if (strcmp(tail, ".") == 0) {
+		snprintf(buf, size, "%s", view);
+		return;
+	}
+	if (strncmp(tail, CK_NODES_CUT, cut) != 0 && snprintf(buf, size, "%s/%s", view, tail) < (int)size)
+		return;
+	if (strncmp(tail, CK_NODES_CUT, cut) == 0) {
+		tail += cut;
+		len -= cut;
+	}
+	if (len > room) {
+		tail += len - room;
+		if (tail[-1] != '/' && strchr(tail, '/'))
+			tail = strchr(tail, '/') + 1; /* whole names only */
+	}
+	snprintf(buf, size, "%s/%s%.*s", view, CK_NODES_CUT, (int)(room < len ? room : len), tail);
 }
 
 /* Opens a located object for real. Only through its O_PATH descriptor:
@@ -565,7 +580,11 @@ static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 	}
 	if (!err) {
 		target[n] = '\0';
-		if (ck_link_in_view(target, loc.path, (const char *const *)fs->roots, fs->nroots, shown,
+		/* an absolute target is made relative to the link's place,
+		 * which a path longer than PATH_MAX cannot give */
+		if (loc.cut && target[0] == '/')
+			err = -ENAMETOOLONG;
+		else if (ck_link_in_view(target, loc.path, (const char *const *)fs->roots, fs->nroots, shown,
 				    sizeof(shown)) < 0)
 			err = -ENAMETOOLONG;
 	}

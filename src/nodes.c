@@ -40,6 +40,7 @@ struct ck_nodes {
 	dev_t root_dev;
 	ino_t root_ino;
 	unsigned nviews;
+	size_t find_budget;     /* FIND_MAX_ENTRIES unless set */
 	_Atomic dev_t self_dev; /* the mount's own device, once known; 0 before */
 };
 
@@ -190,6 +191,7 @@ struct ck_nodes *ck_nodes_new(int root_fd, unsigned nviews)
 	t->root_dev = st.st_dev;
 	t->root_ino = st.st_ino;
 	t->nviews = nviews;
+	t->find_budget = FIND_MAX_ENTRIES;
 	/* The mount root belongs to no view: view index nviews. */
 	if (insert_pinned(t, CK_NODES_ROOT_ID, nviews))
 		goto fail;
@@ -340,24 +342,24 @@ int ck_nodes_parent(struct ck_nodes *t, uint64_t id, uint64_t *parent)
 	return n ? 0 : -ESTALE;
 }
 
-/* Called with the lock held. Writes the node's path relative to the source
- * root by walking up to its view root. */
-static int path_of(struct ck_nodes *t, uint64_t id, char *buf, size_t size, unsigned *view,
-		   uint64_t *ident, bool *passthrough)
+/* Called with the lock held. The node's path relative to the source root
+ * (malloc'd, of any length), by walking up to its view root. */
+static int path_of(struct ck_nodes *t, uint64_t id, char **path, unsigned *view, uint64_t *ident,
+		   bool *passthrough)
 {
 	struct node *n = find(t, id);
 	size_t len = 0, at;
+	char *buf;
 
 	if (!n || n->id == CK_NODES_ROOT_ID)
 		return -ESTALE;
 	*view = n->view;
 	*ident = n->ident;
 	*passthrough = n->passthrough;
-	for (const struct node *p = n; p->name; p = find(t, p->parent)) {
+	for (const struct node *p = n; p->name; p = find(t, p->parent))
 		len += strlen(p->name) + 1;
-		if (len > size)
-			return -ENAMETOOLONG;
-	}
+	if (!(*path = buf = malloc(len ? len : 2)))
+		return -ENOMEM;
 	if (len == 0) {
 		strcpy(buf, ".");
 		return 0;
@@ -373,6 +375,35 @@ static int path_of(struct ck_nodes *t, uint64_t id, char *buf, size_t size, unsi
 			buf[--at] = '/';
 	}
 	return 0;
+}
+
+/* Sets loc->path to dir/name (dir "." for the root, name "" for none): the
+ * whole path where it fits, else CK_NODES_CUT and its last components. */
+static void show_path(struct ck_located *loc, const char *dir, const char *name, bool cut)
+{
+	size_t room = sizeof(loc->path) - sizeof(CK_NODES_CUT);
+	char *full = NULL, *tail;
+	int n;
+
+	if (strcmp(dir, ".") == 0 && *name)
+		dir = "";
+	loc->cut = false;
+	if (!cut && snprintf(loc->path, sizeof(loc->path), "%s%s%s", dir, *dir && *name ? "/" : "", name) <
+			    (int)sizeof(loc->path))
+		return; /* the usual case: no copy */
+	loc->cut = true;
+	n = asprintf(&full, "%s%s%s", dir, *dir && *name ? "/" : "", name);
+	if (n < 0) {
+		snprintf(loc->path, sizeof(loc->path), "%s", CK_NODES_CUT);
+		return;
+	}
+	tail = (size_t)n > room ? full + n - room : full;
+	if (tail > full && tail[-1] != '/' && strchr(tail, '/'))
+		tail = strchr(tail, '/') + 1; /* whole names only */
+	if (strncmp(tail, CK_NODES_CUT, sizeof(CK_NODES_CUT) - 1) == 0)
+		tail += sizeof(CK_NODES_CUT) - 1;
+	snprintf(loc->path, sizeof(loc->path), "%s%s", CK_NODES_CUT, tail);
+	free(full);
 }
 
 /* The kernel refuses any symlink on the way and any step out of dirfd. */
@@ -411,6 +442,11 @@ static int open_each_component(int dirfd, const char *path)
 	return fd;
 }
 
+void ck_nodes_set_find_budget(struct ck_nodes *t, size_t entries)
+{
+	t->find_budget = entries;
+}
+
 void ck_nodes_set_self_dev(struct ck_nodes *t, dev_t dev)
 {
 	atomic_store(&t->self_dev, dev);
@@ -436,21 +472,58 @@ static dev_t dev_of(int fd)
 	return makedev(stx.stx_dev_major, stx.stx_dev_minor);
 }
 
+/* One piece of a path (shorter than PATH_MAX) beneath dirfd. */
+static int open_piece(int dirfd, const char *piece)
+{
+	static atomic_bool no_openat2;
+	int fd = -ENOSYS;
+
+	if (!atomic_load_explicit(&no_openat2, memory_order_relaxed))
+		fd = openat2_beneath(dirfd, piece);
+	if (fd == -ENOSYS) {
+		atomic_store_explicit(&no_openat2, true, memory_order_relaxed);
+		fd = open_each_component(dirfd, piece);
+	}
+	return fd;
+}
+
+/* A path longer than the kernel takes (a source tree deeper than PATH_MAX)
+ * is opened in pieces, each beneath the last. */
+static int open_pieces(int dirfd, const char *path)
+{
+	char piece[PATH_MAX];
+	int fd = dirfd;
+
+	do {
+		size_t n = strlen(path);
+		const char *slash;
+		int next;
+
+		if (n >= sizeof(piece)) {
+			slash = memrchr(path, '/', sizeof(piece) - 1);
+			n = slash ? (size_t)(slash - path) : 0;
+		}
+		memcpy(piece, path, n);
+		piece[n] = '\0';
+		next = n ? open_piece(fd, piece) : -ENAMETOOLONG;
+		if (fd != dirfd)
+			close(fd);
+		if (next < 0)
+			return next;
+		fd = next;
+		path += n + (path[n] == '/');
+	} while (*path);
+	return fd;
+}
+
 /* Opens path beneath dirfd as an O_PATH descriptor, never following a
  * symlink, so a source tree changing under us cannot lead the daemon
  * elsewhere. A symlink as the last component is opened itself; this
  * mount itself (in the source through an alias) is refused: ELOOP. */
 static int open_beneath(struct ck_nodes *t, int dirfd, const char *path, struct ck_located *loc)
 {
-	static atomic_bool no_openat2;
-	int fd = -ENOSYS;
+	int fd = open_pieces(dirfd, path);
 
-	if (!atomic_load_explicit(&no_openat2, memory_order_relaxed))
-		fd = openat2_beneath(dirfd, path);
-	if (fd == -ENOSYS) {
-		atomic_store_explicit(&no_openat2, true, memory_order_relaxed);
-		fd = open_each_component(dirfd, path);
-	}
 	if (fd < 0)
 		return fd;
 	if (is_self(t, dev_of(fd))) {
@@ -477,14 +550,18 @@ static int stale_if_moved(int err)
 int ck_nodes_locate_latest(struct ck_nodes *t, uint64_t id, struct ck_located *loc, bool *passthrough)
 {
 	uint64_t ident;
+	char *path;
 	int err;
 
 	pthread_mutex_lock(&t->lock);
-	err = path_of(t, id, loc->path, sizeof(loc->path), &loc->view, &ident, passthrough);
+	err = path_of(t, id, &path, &loc->view, &ident, passthrough);
 	pthread_mutex_unlock(&t->lock);
 	if (err)
 		return err;
-	err = open_beneath(t, t->root_fd, loc->path, loc);
+	err = open_beneath(t, t->root_fd, path, loc);
+	if (!err)
+		show_path(loc, path, "", false);
+	free(path);
 	if (err)
 		return stale_if_moved(err);
 	if (ck_nodes_id(t, &loc->st, loc->ident, loc->view) == id)
@@ -513,7 +590,7 @@ int ck_nodes_locate_child(struct ck_nodes *t, uint64_t parent, const char *name,
 			  struct ck_located *loc)
 {
 	struct ck_located dir;
-	int err, n;
+	int err;
 
 	err = ck_nodes_locate(t, parent, &dir);
 	if (err)
@@ -523,12 +600,7 @@ int ck_nodes_locate_child(struct ck_nodes *t, uint64_t parent, const char *name,
 	if (err)
 		return err;
 	loc->view = dir.view;
-	n = strcmp(dir.path, ".") == 0 ? snprintf(loc->path, sizeof(loc->path), "%s", name)
-				       : snprintf(loc->path, sizeof(loc->path), "%s/%s", dir.path, name);
-	if (n < 0 || (size_t)n >= sizeof(loc->path)) {
-		close(loc->fd);
-		return -ENAMETOOLONG;
-	}
+	show_path(loc, dir.path, name, dir.cut);
 	return 0;
 }
 
@@ -538,7 +610,8 @@ struct search {
 	struct ck_nodes *t;
 	uint64_t id;
 	size_t budget;                        /* entries still allowed */
-	char path[PATH_MAX];                  /* the current place, relative to the root */
+	char *path;                           /* the current place, relative to the root */
+	size_t room;                          /* allocated for path */
 	struct { dev_t dev; ino_t ino; } at[PATH_MAX / 2]; /* each component of path */
 	size_t depth;
 	unsigned view;                        /* of the match */
@@ -575,6 +648,20 @@ static bool hashed_or_same_ino(const struct search *s, const struct stat *st)
 	return s->id >> 63 || (uint64_t)st->st_ino == s->id >> 31;
 }
 
+/* Makes room in s->path for size bytes: paths may be longer than PATH_MAX. */
+static bool path_room(struct search *s, size_t size)
+{
+	char *p;
+
+	if (size <= s->room)
+		return true;
+	if (!(p = realloc(s->path, size > 2 * s->room ? size : 2 * s->room)))
+		return false;
+	s->room = size > 2 * s->room ? size : 2 * s->room;
+	s->path = p;
+	return true;
+}
+
 /* Visits one entry of the directory at s->path (len bytes). */
 static bool search_entry(struct search *s, int dirfd, const char *name, size_t len)
 {
@@ -582,7 +669,7 @@ static bool search_entry(struct search *s, int dirfd, const char *name, size_t l
 	struct stat st;
 	int fd;
 
-	if (sub_len >= sizeof(s->path) || s->depth == sizeof(s->at) / sizeof(s->at[0]) ||
+	if (!path_room(s, sub_len + 1) || s->depth == sizeof(s->at) / sizeof(s->at[0]) ||
 	    fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW))
 		return false;
 	if (len)
@@ -658,13 +745,14 @@ int ck_nodes_find_and_ref(struct ck_nodes *t, uint64_t id)
 		return -ENOMEM;
 	s->t = t;
 	s->id = id;
-	s->budget = FIND_MAX_ENTRIES;
+	s->budget = t->find_budget;
 	fd = openat(t->root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd >= 0 && search_dir(s, fd, 0)) {
 		pthread_mutex_lock(&t->lock);
 		err = remember_found(t, s);
 		pthread_mutex_unlock(&t->lock);
 	}
+	free(s->path);
 	free(s);
 	return err;
 }

@@ -16,6 +16,7 @@
 
 #include <limits.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
 
@@ -53,6 +54,9 @@ uint64_t ck_nodes_entry_ino(const struct ck_nodes *t, dev_t dev, ino_t ino, unsi
 /* The id of a view directory: the source root seen through that view. */
 uint64_t ck_nodes_view_root(const struct ck_nodes *t, unsigned view);
 
+/* What stands for the front of a path cut for a message: "…/". */
+#define CK_NODES_CUT "\xe2\x80\xa6/"
+
 /* A source object found for a node: an O_PATH descriptor (the caller
  * closes it) and what fstat said about it. */
 struct ck_located {
@@ -60,7 +64,11 @@ struct ck_located {
 	struct stat st;
 	uint64_t ident;       /* ck_nodes_ident() */
 	unsigned view;
-	char path[PATH_MAX];  /* relative to the source root; "." for the root */
+	/* relative to the source root; "." for the root. For messages where
+	 * cut: the object lies deeper than PATH_MAX, and this is CK_NODES_CUT
+	 * and the last components of its path. */
+	char path[PATH_MAX];
+	bool cut;
 };
 
 /* Finds node id (not the mount root). -ESTALE when the id is unknown or no
@@ -87,6 +95,9 @@ int ck_nodes_ref(struct ck_nodes *t, uint64_t id);
  * handle (NFS export): searches the source tree for it, remembers where,
  * and takes a reference. -ESTALE when no such object exists any more. */
 int ck_nodes_find_and_ref(struct ck_nodes *t, uint64_t id);
+/* How many directory entries one such search may read before it gives up
+ * (ESTALE); a million unless set. Set before the table is shared. */
+void ck_nodes_set_find_budget(struct ck_nodes *t, size_t entries);
 void ck_nodes_forget(struct ck_nodes *t, uint64_t id, uint64_t nlookup);
 
 /* The directory a node was found in; the mount root is its own parent. */
