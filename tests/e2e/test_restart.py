@@ -108,8 +108,12 @@ def test_restarts_under_concurrent_readers(mount_factory, tmp_path):
             with open(m.path(view, "big.pt"), "rb") as f:
                 while not stop.is_set():
                     _drop(f)
-                    if os.pread(f.fileno(), len(want[view]) + 1, 0) != want[view]:
-                        problems.append("%s: wrong bytes" % view)
+                    got = os.pread(f.fileno(), len(want[view]) + 1, 0)
+                    if got != want[view]:
+                        at = next((i for i, (a, b) in enumerate(zip(got, want[view])) if a != b),
+                                  min(len(got), len(want[view])))
+                        problems.append("%s: wrong bytes: %d read of %d, first difference at %d"
+                                        % (view, len(got), len(want[view]), at))
                     reads[0] += 1
         except OSError as e:
             problems.append("%s: %s" % (view, e))
