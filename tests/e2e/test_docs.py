@@ -152,5 +152,6 @@ def test_overview_forms():
 def test_man_page_lints_clean():
     if not shutil.which("mandoc"):
         pytest.skip("mandoc not installed (setup.sh installs it)")
-    r = subprocess.run(["mandoc", "-Tlint", "-W", "warning", MAN], capture_output=True, text=True)
+    # every level, style notes (such as lines over 80 bytes) included
+    r = subprocess.run(["mandoc", "-Tlint", MAN], capture_output=True, text=True)
     assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
