@@ -122,3 +122,47 @@ def test_source_acls_hold_in_every_view(public_tmp, tmp_path):
     finally:
         problems = m.stop()
     assert not problems, problems
+
+
+def test_acl_holds_while_a_checkpoint_or_log_changes(public_tmp, tmp_path):
+    """An ACL is the file's, whatever its version: a checkpoint being written
+    (whose node no settled file answers to) and a log appended to since it
+    was looked up stay denied to a user the ACL denies, before and after the
+    change settles, past the attribute timeout and from another process."""
+    _need_acls(public_tmp)
+    src = os.path.join(public_tmp, "src")
+    _mk(src, 0o755)
+    ck = read_bytes(os.path.join(_src_with_ckpt(str(tmp_path / "ck")), "a.pt"))
+    log = os.path.join(src, "train.log")
+    _mk(log, 0o644, data=b"epoch 1\n")
+    _setfacl(log, "-m", "u:nobody:---")
+    m = Mount(src, os.path.join(public_tmp, "mnt"), str(tmp_path / "log"),
+              opts=["allow_other"]).start()
+    try:
+        views = [m.path(v, n) for v in ckref.VIEWS for n in ("w.pt", "train.log")]
+        path = os.path.join(src, "w.pt")
+        with open(path, "wb") as w:
+            os.fchmod(w.fileno(), 0o644)
+            _setfacl(path, "-m", "u:nobody:---")
+            w.write(ck[:len(ck) // 2])
+            w.flush()
+            for v in ckref.VIEWS:                          # looked up, then appended to
+                os.stat(m.path(v, "train.log"))
+            with open(log, "ab") as f:
+                f.write(b"epoch 2\n")
+            # at once (the kernel still holds the old version's node) and
+            # past the attribute timeout (a new lookup)
+            for wait in (0, 1.5):
+                time.sleep(wait)
+                got = _as_nobody(views)
+                for p in views:
+                    assert isinstance(got[p]["read"], int), (p, wait, "read while denied")
+            w.write(ck[len(ck) // 2:])
+        time.sleep(1.5)
+        got = _as_nobody(views)
+        for p in views:
+            assert got[p]["read"] == errno.EACCES, (p, _show(got[p]["read"]))
+        assert read_bytes(m.path("plain", "train.log")) == b"epoch 1\nepoch 2\n"
+    finally:
+        problems = m.stop()
+    assert not problems, problems
