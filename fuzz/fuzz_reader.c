@@ -23,7 +23,7 @@ static int lay_out(const struct ck_src *src, const struct ck_view *v, struct ck_
 {
 #if READER == format
 	enum ck_format fmt;
-	return ck_view_layout(src, v, l, &fmt, e);
+	return ck_view_layout(src, v, l, &fmt, NULL, e);
 #elif READER == torchzip
 	enum ck_format fmt;
 	return ck_format_layout_as(CK_FORMAT_TORCHZIP, src, v, l, &fmt, e);

@@ -198,7 +198,7 @@ static void build(struct ck_cache_entry *ent, const struct ck_src *src, struct b
 
 	bounded.claim = claim;
 	bounded.claim_ctx = bc;
-	ret = ck_view_layout(&bounded, ent->key.view, &b->layout, &b->format, &b->err);
+	ret = ck_view_layout(&bounded, ent->key.view, &b->layout, &b->format, &b->records, &b->err);
 
 	if (changed_since(&ent->key, src->fd)) {
 		ck_layout_free(b->layout);

@@ -35,6 +35,7 @@ struct ck_cache_key ck_cache_key_of(const struct stat *st, const struct ck_view 
 struct ck_built {
 	struct ck_layout *layout;  /* NULL: serve the source unchanged */
 	enum ck_format format;
+	uint64_t records;          /* ck_view_layout's: 0 when not known */
 	struct ck_err err;         /* err.code != 0: the view cannot be served */
 };
 

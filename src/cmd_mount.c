@@ -17,6 +17,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "daemon.h"
+#include "fuseio.h"
 #include "fs.h"
 #include "log.h"
 #include "mountinfo.h"
@@ -40,7 +41,8 @@ struct mount_args {
 	const char *source, *mountpoint;
 	char *const *options;  /* as given, for a restart */
 	size_t noptions;
-	int takeover_fd, ready_fd;  /* --takeover=FD:EPOCH:READY_FD (restart.h); -1 if not */
+	int takeover_fd, ready_fd;  /* --takeover=FD:EPOCH:READY_FD[:CONN] (restart.h); -1 if not */
+	unsigned conn;
 	uint32_t epoch;
 };
 
@@ -120,8 +122,9 @@ static void parse_mount_args(struct mount_args *a, int argc, char **argv)
 		case 'h':
 			cli_help_exit("mount");
 		case 'T': /* internal: a restart's successor */
-			if (!ck_restart_parse(optarg, &a->takeover_fd, &a->epoch, &a->ready_fd))
-				cli_usage_error("mount", "--takeover=%s: expected FD:EPOCH:READY_FD", optarg);
+			if (!ck_restart_parse(optarg, &a->takeover_fd, &a->epoch, &a->ready_fd, &a->conn))
+				cli_usage_error("mount", "--takeover=%s: expected FD:EPOCH:READY_FD[:CONN]",
+						optarg);
 			break;
 		default:
 			if (optopt == 'o')
@@ -299,8 +302,10 @@ static bool hand_over(struct fuse_session *se, struct ck_sandbox *sb, int root_f
 	int fd = fuse_session_fd(se);
 	char why[256];
 
-	if ((sb->unmounter > 0 ? ck_sandbox_restart(sb, fd, root_fd, why, sizeof(why)) :
-	     ck_restart_spawn(fd, root_fd, why, sizeof(why))) == 0)
+	unsigned conn = ck_fuseio_granted();
+
+	if ((sb->unmounter > 0 ? ck_sandbox_restart(sb, fd, root_fd, conn, why, sizeof(why)) :
+	     ck_restart_spawn(fd, root_fd, conn, why, sizeof(why))) == 0)
 		return true;
 	ck_log(LOG_ERR, "restart: cannot restart (%s); serving on", why);
 	return false;
@@ -315,7 +320,8 @@ static void connect_session(struct fuse_session *se, struct ck_fs *fs, const str
 
 	snprintf(fuse_fd, sizeof(fuse_fd), "/dev/fd/%d", a->takeover_fd);
 	if (fuse_set_signal_handlers(se) ||
-	    fuse_session_mount(se, a->takeover_fd >= 0 ? fuse_fd : mountpoint))
+	    fuse_session_mount(se, a->takeover_fd >= 0 ? fuse_fd : mountpoint) ||
+	    ck_fuseio_attach(se, a->conn))
 		exit(EXIT_RUNTIME);
 	ck_fs_note_mount(fs, mountpoint);
 	if (a->takeover_fd >= 0) {

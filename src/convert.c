@@ -97,7 +97,7 @@ static int write_view(const struct ck_view *v, int fd, const struct stat *st, co
 	struct stat after;
 	int rc;
 
-	if (ck_view_layout(&src, v, &l, &fmt, e))
+	if (ck_view_layout(&src, v, &l, &fmt, NULL, e))
 		return ck_err_context(e, "%s: ", name);
 	rc = ck_export(l, &src, out, bar ? draw : NULL, &b, e);
 	ck_layout_free(l);

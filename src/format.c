@@ -51,12 +51,12 @@ static int safetensors_describe(const struct ck_src *src, void *st, int *protoco
 /* Every format, in the order detection tries them: the first whose detect
  * accepts the head is the file's reader. */
 static const struct ck_format_ops formats[] = {
-	{CK_FORMAT_LEGACY, legacy_detect, NULL, legacy_layout, legacy_describe, NULL},
-	{CK_FORMAT_SAFETENSORS, ck_safetensors_detect, NULL, safetensors_layout, safetensors_describe, NULL},
+	{CK_FORMAT_LEGACY, legacy_detect, NULL, legacy_layout, legacy_describe, NULL, NULL},
+	{CK_FORMAT_SAFETENSORS, ck_safetensors_detect, NULL, safetensors_layout, safetensors_describe, NULL, NULL},
 	{CK_FORMAT_SHARDINDEX, ck_shardindex_candidate, ck_shardindex_classify, ck_shardindex_layout,
-	 ck_shardindex_describe, ck_shardindex_release},
+	 ck_shardindex_describe, ck_shardindex_release, NULL},
 	{CK_FORMAT_TORCHZIP, ck_torchzip_detect, ck_torchzip_classify, ck_torchzip_layout, ck_torchzip_describe,
-	 ck_torchzip_release},
+	 ck_torchzip_release, ck_torchzip_records},
 };
 #define N_FORMATS (sizeof(formats) / sizeof(formats[0]))
 
@@ -92,15 +92,19 @@ static int classify(const struct ck_format_ops *f, const struct ck_src *src, voi
 }
 
 static int layout_with(const struct ck_format_ops *f, const struct ck_src *src, const struct ck_view *v,
-		       struct ck_layout **out, enum ck_format *fmt, struct ck_err *e)
+		       struct ck_layout **out, enum ck_format *fmt, uint64_t *records, struct ck_err *e)
 {
 	void *st;
 	int rc;
 
 	*out = NULL;
 	*fmt = CK_FORMAT_OTHER;
+	if (records)
+		*records = 0;
 	if (!f || (rc = classify(f, src, &st, fmt, e)) <= 0)
 		return f ? rc : 0;
+	if (records && f->records)
+		*records = f->records(st);
 	rc = f->layout(src, st, v, out, e);
 	if (f->release)
 		f->release(st);
@@ -108,15 +112,17 @@ static int layout_with(const struct ck_format_ops *f, const struct ck_src *src, 
 }
 
 int ck_view_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
-		   enum ck_format *fmt, struct ck_err *e)
+		   enum ck_format *fmt, uint64_t *records, struct ck_err *e)
 {
 	const struct ck_format_ops *f;
 
 	*out = NULL;
 	*fmt = CK_FORMAT_OTHER;
+	if (records)
+		*records = 0;
 	if (detect(src, &f, e))
 		return -1;
-	return layout_with(f, src, v, out, fmt, e);
+	return layout_with(f, src, v, out, fmt, records, e);
 }
 
 int ck_format_layout_as(enum ck_format as, const struct ck_src *src, const struct ck_view *v,
@@ -127,7 +133,7 @@ int ck_format_layout_as(enum ck_format as, const struct ck_src *src, const struc
 	for (size_t i = 0; i < N_FORMATS && !f; i++)
 		if (formats[i].fmt == as)
 			f = &formats[i];
-	return layout_with(f, src, v, out, fmt, e);
+	return layout_with(f, src, v, out, fmt, NULL, e);
 }
 
 int ck_format_describe(const struct ck_src *src, enum ck_format *fmt, int *protocol, ck_found_fn fn, void *ctx,

@@ -42,12 +42,16 @@ struct ck_format_ops {
 	int (*describe)(const struct ck_src *src, void *st, int *protocol, ck_found_fn fn, void *ctx,
 			struct ck_err *e);
 	void (*release)(void *st); /* NULL: classify keeps nothing */
+	/* How many records readers of the file fetch one by one (a zip's
+	 * entries); NULL: the format does not know. */
+	uint64_t (*records)(void *st);
 };
 
 /* Lays out the view of src. Returns 0 with *out (NULL: serve the source
- * unchanged) and *fmt, or -1 with e set (the file cannot be served). */
+ * unchanged), *fmt and *records (NULL: not wanted; 0: not known; see
+ * ck_format_ops), or -1 with e set (the file cannot be served). */
 int ck_view_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out,
-		   enum ck_format *fmt, struct ck_err *e);
+		   enum ck_format *fmt, uint64_t *records, struct ck_err *e);
 
 /* As ck_view_layout, with the reader of format `as` whatever the first
  * bytes say (a reader's tests and fuzzer start there). */

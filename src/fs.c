@@ -18,6 +18,7 @@
 #include <utlist.h>
 #include "cache.h"
 #include "fdquota.h"
+#include "fuseio.h"
 #include "handles.h"
 #include "linkpath.h"
 #include "log.h"
@@ -778,10 +779,33 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out,
 	return 0;
 }
 
-/* No direct_io: pages the kernel caches are what mmap maps, and keep_cache
- * keeps them across opens: a node names one version, so they stay good.
- * Except for a file that is no checkpoint opened at a newer version than
- * its node: read past the kernel's cache and its old size. */
+/* The smallest mean record (zip entry) of a file read directly. */
+#define DIRECT_MIN_RECORD (256u << 10)
+
+/* Whether reads of an open view go past the kernel's page cache
+ * (direct_io). The page cache of a FUSE file holds 4 KiB pages only (Linux
+ * 6.18): each is allocated and filled by a copy from the source's, then
+ * copied again to the reader. A direct read copies the source's pages once,
+ * straight into the reader's buffer, and the pieces of one big read go to
+ * several daemon threads at once; but each read is a round trip to the
+ * daemon, where a cached one is not. So a file read in big pieces (records
+ * of DIRECT_MIN_RECORD and more on average: torch reads each record with
+ * two calls) is read directly, one of many small records through the
+ * cache. Only where the kernel still maps such a file shared (fuseio.h). */
+static bool read_direct(const struct open_file *of)
+{
+	const struct ck_built *b = ck_cache_built(of->src.ent);
+	uint64_t size = b->layout ? b->layout->size : (uint64_t)of->src.st.st_size;
+
+	return (ck_fuseio_granted() & CK_CONN_DIRECT_MMAP) &&
+	       size / (b->records ? b->records : 1) >= DIRECT_MIN_RECORD;
+}
+
+/* keep_cache keeps the pages the kernel caches (what mmap maps, and what
+ * reads that are not direct hit) across opens: a node names one version,
+ * so they stay good. Except for a file that is no checkpoint opened at a
+ * newer version than its node: read past the kernel's cache and its old
+ * size. */
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ck_fs *fs = fs_of(req);
@@ -802,7 +826,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	of->uid = fuse_req_ctx(req)->uid;
 	fi->keep_cache = !moved;
-	fi->direct_io = moved;
+	fi->direct_io = moved || read_direct(of);
 	pthread_mutex_lock(&fs->open_lock);
 	DL_APPEND(fs->open_files, of);
 	pthread_mutex_unlock(&fs->open_lock);

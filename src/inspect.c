@@ -190,7 +190,7 @@ static json_t *view_sizes(const struct cli_views *views, const struct ck_src *sr
 		enum ck_format fmt;
 		struct ck_err e = {0};
 
-		if (ck_view_layout(src, views->list[i], &l, &fmt, &e))
+		if (ck_view_layout(src, views->list[i], &l, &fmt, NULL, &e))
 			json_array_append_new(out, json_pack("{s:s, s:s}", "view", views->list[i]->name, "error", e.msg));
 		else
 			json_array_append_new(out, json_pack("{s:s, s:I, s:b}", "view", views->list[i]->name, "size",

@@ -54,9 +54,9 @@ void ck_restart_prepare(uint32_t epoch, char *const *options, size_t nopts, cons
 	again.mountpoint = mountpoint;
 }
 
-bool ck_restart_parse(const char *spec, int *fd, uint32_t *epoch, int *ready_fd)
+bool ck_restart_parse(const char *spec, int *fd, uint32_t *epoch, int *ready_fd, unsigned *conn)
 {
-	unsigned long e;
+	unsigned long e, c = 0;
 	long f, r;
 	char *end;
 
@@ -70,11 +70,18 @@ bool ck_restart_parse(const char *spec, int *fd, uint32_t *epoch, int *ready_fd)
 		return false;
 	spec = end + 1;
 	r = strtol(spec, &end, 10);
-	if (end == spec || *end || r < 0 || r > INT_MAX || errno)
+	if (end == spec || (*end && *end != ':') || r < 0 || r > INT_MAX || errno)
 		return false;
+	if (*end) {
+		spec = end + 1;
+		c = strtoul(spec, &end, 10);
+		if (end == spec || *end || !isdigit((unsigned char)*spec) || c > UINT_MAX || errno)
+			return false;
+	}
 	*fd = (int)f;
 	*epoch = (uint32_t)e;
 	*ready_fd = (int)r;
+	*conn = (unsigned)c;
 	return true;
 }
 
@@ -216,9 +223,9 @@ static int await_successor(pid_t pid, int ready_fd, char *why, size_t size)
 	return -1;
 }
 
-int ck_restart_spawn(int fuse_fd, int source_fd, char *why, size_t size)
+int ck_restart_spawn(int fuse_fd, int source_fd, unsigned conn, char *why, size_t size)
 {
-	char takeover[96], source_fd_path[64];
+	char takeover[112], source_fd_path[64];
 	const char *source;
 	char **argv = NULL;
 	int ready[2];
@@ -231,8 +238,8 @@ int ck_restart_spawn(int fuse_fd, int source_fd, char *why, size_t size)
 		return snprintf(why, size, "the binary does not run"), -1;
 	if (pipe2(ready, O_CLOEXEC))
 		return snprintf(why, size, "pipe: %s", strerror(errno)), -1;
-	snprintf(takeover, sizeof(takeover), TAKEOVER_OPT "=%d:%u:%d", fuse_fd, again.next_epoch++,
-		 ready[1]);
+	snprintf(takeover, sizeof(takeover), TAKEOVER_OPT "=%d:%u:%d:%u", fuse_fd, again.next_epoch++,
+		 ready[1], conn);
 	source = source_arg(source_fd, again.source, source_fd_path, sizeof(source_fd_path));
 	argv = successor_args(takeover, (char *)source);
 	ck_log(LOG_NOTICE, "restarting: %s takes over %s", again.exe, again.mountpoint);
@@ -328,8 +335,9 @@ static long daemon_epoch(pid_t pid)
 	for (char *a = cmd; a < args + n; a += strlen(a) + 1) {
 		int f, r;
 		uint32_t e;
+		unsigned c;
 
-		if (is_takeover(a) && ck_restart_parse(a + strlen(TAKEOVER_OPT "="), &f, &e, &r))
+		if (is_takeover(a) && ck_restart_parse(a + strlen(TAKEOVER_OPT "="), &f, &e, &r, &c))
 			epoch = e;
 	}
 	return epoch;

@@ -2,7 +2,9 @@
  * /dev/fuse descriptor) outlives the daemon's code. On SIGHUP the daemon
  * finishes the requests it has and hands the descriptor to a new process
  * running the ckptfs binary again (an upgraded one if it was replaced) with
- * "--takeover=FD:EPOCH:READY_FD"; the new code asks nothing of the kernel,
+ * "--takeover=FD:EPOCH:READY_FD:CONN" (CONN: what the INIT granted beyond
+ * libfuse, fuseio.h; absent from an older daemon, which asked for none of
+ * it); the new code asks nothing of the kernel,
  * which never learns that anything changed: an NFS server exporting the
  * mount, and every process with a file open on it, go on after a pause.
  *
@@ -28,16 +30,17 @@
 void ck_restart_prepare(uint32_t epoch, char *const *options, size_t nopts, const char *source,
 			const char *mountpoint);
 
-/* "FD:EPOCH:READY_FD" of --takeover; false if malformed. */
-bool ck_restart_parse(const char *spec, int *fd, uint32_t *epoch, int *ready_fd);
+/* "FD:EPOCH:READY_FD[:CONN]" of --takeover; false if malformed. */
+bool ck_restart_parse(const char *spec, int *fd, uint32_t *epoch, int *ready_fd, unsigned *conn);
 
 /* The successor's first step: the kernel answered the predecessor's INIT
  * long ago, so libfuse is given one as the kernel would have sent it. */
 void ck_restart_init(struct fuse_session *se);
 
 /* Starts the successor (an unconfined process only: it forks and execs) on
- * the mount's /dev/fuse descriptor and the served source root; 0 once it
- * serves, else -1 and why (the binary does not run, it exited, ...). */
-int ck_restart_spawn(int fuse_fd, int source_fd, char *why, size_t size);
+ * the mount's /dev/fuse descriptor, the served source root and what the
+ * connection was granted (conn); 0 once it serves, else -1 and why (the
+ * binary does not run, it exited, ...). */
+int ck_restart_spawn(int fuse_fd, int source_fd, unsigned conn, char *why, size_t size);
 
 #endif

@@ -284,12 +284,13 @@ int ck_sandbox_confine(bool as_nobody, struct ck_err *e)
 #define REQ_RESTART 'r' /* with the /dev/fuse and source root descriptors */
 #define REPLY_SERVES 'R'
 
-/* Receives a request with the descriptors it carries (close-on-exec); 0 at
- * the daemon's end (EOF: "do not unmount"). */
-static char receive(int sock, int fds[2])
+/* Receives a request (an op and a byte of argument) with the descriptors
+ * it carries (close-on-exec); 0 at the daemon's end (EOF: "do not
+ * unmount"). */
+static char receive(int sock, int fds[2], unsigned char *arg)
 {
-	char buf[CMSG_SPACE(2 * sizeof(int))], op = 0;
-	struct iovec iov = {.iov_base = &op, .iov_len = 1};
+	char buf[CMSG_SPACE(2 * sizeof(int))], req[2] = {0};
+	struct iovec iov = {.iov_base = req, .iov_len = sizeof(req)};
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = buf,
 			     .msg_controllen = sizeof(buf)};
 	struct cmsghdr *c;
@@ -298,13 +299,14 @@ static char receive(int sock, int fds[2])
 	fds[0] = fds[1] = -1;
 	while ((n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
 		;
-	if (n != 1)
+	if (n < 1)
 		return 0;
 	c = CMSG_FIRSTHDR(&msg);
 	if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
 	    c->cmsg_len == CMSG_LEN(2 * sizeof(int)))
 		memcpy(fds, CMSG_DATA(c), 2 * sizeof(int));
-	return op;
+	*arg = n == 2 ? (unsigned char)req[1] : 0;
+	return req[0];
 }
 
 extern char **environ;
@@ -330,13 +332,13 @@ static void detach(const char *mountpoint)
 }
 
 /* Starts the successor; replies 'R' once it serves, else why not. */
-static void restart(int sock, const int fds[2], ck_sandbox_spawn_fn *spawn)
+static void restart(int sock, const int fds[2], unsigned conn, ck_sandbox_spawn_fn *spawn)
 {
 	char reply[256] = {'!'};
 
 	if (fds[0] < 0 || fds[1] < 0)
 		snprintf(reply + 1, sizeof(reply) - 1, "no descriptors came with the request");
-	else if (spawn(fds[0], fds[1], reply + 1, sizeof(reply) - 1) == 0)
+	else if (spawn(fds[0], fds[1], conn, reply + 1, sizeof(reply) - 1) == 0)
 		reply[0] = REPLY_SERVES;
 	for (int i = 0; i < 2; i++)
 		if (fds[i] >= 0)
@@ -354,6 +356,7 @@ static void unmounter(int from_daemon, const char *mountpoint, bool foreground,
 		      ck_sandbox_spawn_fn *spawn)
 {
 	int null = open("/dev/null", O_RDWR), fds[2];
+	unsigned char conn;
 	char op;
 
 	prctl(PR_SET_NAME, PACKAGE "-umount", 0, 0, 0);
@@ -370,8 +373,8 @@ static void unmounter(int from_daemon, const char *mountpoint, bool foreground,
 	if (dup2(from_daemon, STDERR_FILENO + 1) < 0 || fcntl(STDERR_FILENO + 1, F_SETFD, FD_CLOEXEC))
 		_exit(1);
 	close_range(STDERR_FILENO + 2, ~0U, 0);
-	while ((op = receive(STDERR_FILENO + 1, fds)) == REQ_RESTART)
-		restart(STDERR_FILENO + 1, fds, spawn);
+	while ((op = receive(STDERR_FILENO + 1, fds, &conn)) == REQ_RESTART)
+		restart(STDERR_FILENO + 1, fds, conn, spawn);
 	if (op == REQ_UNMOUNT)
 		detach(mountpoint);
 	_exit(0);
@@ -441,10 +444,11 @@ void ck_sandbox_unmount(struct ck_sandbox *sb, int fuse_fd, const char *taken_ov
 	}
 }
 
-int ck_sandbox_restart(struct ck_sandbox *sb, int fuse_fd, int source_fd, char *why, size_t size)
+int ck_sandbox_restart(struct ck_sandbox *sb, int fuse_fd, int source_fd, unsigned conn, char *why,
+		       size_t size)
 {
-	char buf[CMSG_SPACE(2 * sizeof(int))] = {0}, reply[256];
-	struct iovec iov = {.iov_base = (char[]){REQ_RESTART}, .iov_len = 1};
+	char buf[CMSG_SPACE(2 * sizeof(int))] = {0}, reply[256], req[2] = {REQ_RESTART, (char)conn};
+	struct iovec iov = {.iov_base = req, .iov_len = sizeof(req)};
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = buf,
 			     .msg_controllen = sizeof(buf)};
 	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
@@ -456,7 +460,7 @@ int ck_sandbox_restart(struct ck_sandbox *sb, int fuse_fd, int source_fd, char *
 	memcpy(CMSG_DATA(c), (int[]){fuse_fd, source_fd}, 2 * sizeof(int));
 	while ((n = sendmsg(sb->to_unmounter, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
 		;
-	if (n == 1)
+	if (n == sizeof(req))
 		while ((n = recv(sb->to_unmounter, reply, sizeof(reply) - 1, 0)) < 0 && errno == EINTR)
 			;
 	if (n <= 0)

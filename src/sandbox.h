@@ -38,8 +38,9 @@ struct ck_sandbox {
 };
 
 /* How the unmounter starts the successor of a restart (ck_restart_spawn):
- * 0 once it serves, else -1 and why. */
-typedef int ck_sandbox_spawn_fn(int fuse_fd, int source_fd, char *why, size_t size);
+ * 0 once it serves, else -1 and why. conn: what the connection was granted
+ * beyond libfuse (fuseio.h). */
+typedef int ck_sandbox_spawn_fn(int fuse_fd, int source_fd, unsigned conn, char *why, size_t size);
 
 /* Forks the unmounter for mountpoint (an absolute path), then confines the
  * calling process and all its threads. Unless foreground, the unmounter
@@ -62,9 +63,10 @@ void ck_sandbox_unmount(struct ck_sandbox *sb, int fuse_fd, const char *taken_ov
 void ck_sandbox_leave(struct ck_sandbox *sb);
 
 /* A restart (restart.h): sends the /dev/fuse and source root descriptors
- * to the unmounter, which starts the successor; 0 once that serves, else
- * -1 and why. Only with an unmounter. */
-int ck_sandbox_restart(struct ck_sandbox *sb, int fuse_fd, int source_fd, char *why, size_t size);
+ * and conn (as for ck_sandbox_spawn_fn) to the unmounter, which starts the
+ * successor; 0 once that serves, else -1 and why. Only with an unmounter. */
+int ck_sandbox_restart(struct ck_sandbox *sb, int fuse_fd, int source_fd, unsigned conn, char *why,
+		       size_t size);
 
 /* The confinement alone (capabilities, no_new_privs, the filter), applied
  * to the calling process and its threads; for ck_sandbox_enter and tests.

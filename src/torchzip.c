@@ -631,6 +631,11 @@ int ck_torchzip_classify(const struct ck_src *src, void **st, enum ck_format *fm
 	return 0;
 }
 
+uint64_t ck_torchzip_records(void *st)
+{
+	return ((const struct zip_state *)st)->n_entries;
+}
+
 void ck_torchzip_release(void *st)
 {
 	struct zip_state *z = st;

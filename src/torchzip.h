@@ -27,5 +27,6 @@ int ck_torchzip_layout(const struct ck_src *src, void *st, const struct ck_view 
 int ck_torchzip_describe(const struct ck_src *src, void *st, int *protocol, ck_found_fn fn, void *ctx,
 			 struct ck_err *e);
 void ck_torchzip_release(void *st);
+uint64_t ck_torchzip_records(void *st);
 
 #endif

@@ -40,7 +40,7 @@ static int view_bytes(const uint8_t *p, size_t n, const struct ck_view *v, uint8
 	unlink(path);
 	struct ck_src s = {fd, n, "t"};
 	memset(e, 0, sizeof(*e));
-	rc = ck_view_layout(&s, v, &l, fmt, e);
+	rc = ck_view_layout(&s, v, &l, fmt, NULL, e);
 	*view = NULL;
 	*vlen = 0;
 	if (l) {

@@ -26,7 +26,7 @@ static int view_of(const char *header, size_t data, const struct ck_view *v, cha
 	unlink(path);
 	struct ck_src s = {fd, 8 + n + data, "t.safetensors"};
 	memset(e, 0, sizeof(*e));
-	rc = ck_view_layout(&s, v, &l, &fmt, e);
+	rc = ck_view_layout(&s, v, &l, &fmt, NULL, e);
 	*hdr_out = NULL;
 	if (rc == 0 && fmt != CK_FORMAT_SAFETENSORS)
 		rc = -2;

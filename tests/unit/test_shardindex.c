@@ -20,7 +20,7 @@ static int view_of(const char *text, const struct ck_view *v, char **got, enum c
 	unlink(path);
 	struct ck_src s = {fd, n, "model.safetensors.index.json"};
 	memset(e, 0, sizeof(*e));
-	rc = ck_view_layout(&s, v, &l, fmt, e);
+	rc = ck_view_layout(&s, v, &l, fmt, NULL, e);
 	*got = NULL;
 	if (l) {
 		*got = calloc(1, l->size + 1);

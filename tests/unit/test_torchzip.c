@@ -250,7 +250,7 @@ static enum ck_format detected_as(const char *path)
 
 	fstat(fd, &st);
 	struct ck_src s = {.fd = fd, .size = (uint64_t)st.st_size, .name = path};
-	if (ck_view_layout(&s, &ck_view_plain, &l, &fmt, &e) == 0)
+	if (ck_view_layout(&s, &ck_view_plain, &l, &fmt, NULL, &e) == 0)
 		fmt = (enum ck_format)-1; /* not the failure asked about */
 	ck_layout_free(l);
 	close(fd);
