@@ -270,7 +270,7 @@ static int serve(struct fuse_session *se)
 	fuse_loop_cfg_set_idle_threads(cfg, MAX_IDLE_THREADS);
 	rc = fuse_session_loop_mt(se, cfg);
 	fuse_loop_cfg_destroy(cfg);
-	return rc;
+	return ck_fuseio_drained() ? SIGHUP : rc;
 }
 
 /* The end: the unmounter of a confined daemon detaches the mount, or this

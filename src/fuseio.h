@@ -15,9 +15,16 @@
  * restart hands to its successor (which never sees the INIT). */
 #define CK_CONN_DIRECT_MMAP 1u
 
-/* Before the session serves: its descriptor is read and written here.
+/* Before the session serves, after libfuse's signal handlers: its
+ * descriptor is read and written here, and SIGHUP (a restart) drains the
+ * loop: no request is read any more, those read are answered, then the
+ * loop ends; the rest wait in the kernel for whoever serves next.
  * inherited: what the predecessor's INIT granted (restart), else 0. */
 int ck_fuseio_attach(struct fuse_session *se, unsigned inherited);
+
+/* After the loop ended: whether a SIGHUP drained it (then the next loop
+ * may serve again). */
+bool ck_fuseio_drained(void);
 
 /* The CK_CONN_* the connection has (0 before INIT). */
 unsigned ck_fuseio_granted(void);

@@ -283,6 +283,7 @@ int ck_sandbox_confine(bool as_nobody, struct ck_err *e)
 #define REQ_UNMOUNT 'u'
 #define REQ_RESTART 'r' /* with the /dev/fuse and source root descriptors */
 #define REPLY_SERVES 'R'
+#define REPLY_CLOSED 'C' /* the unmounter's first word */
 
 /* Receives a request (an op and a byte of argument) with the descriptors
  * it carries (close-on-exec); 0 at the daemon's end (EOF: "do not
@@ -373,6 +374,9 @@ static void unmounter(int from_daemon, const char *mountpoint, bool foreground,
 	if (dup2(from_daemon, STDERR_FILENO + 1) < 0 || fcntl(STDERR_FILENO + 1, F_SETFD, FD_CLOEXEC))
 		_exit(1);
 	close_range(STDERR_FILENO + 2, ~0U, 0);
+	/* the /dev/fuse descriptor is closed here: the daemon may go on */
+	if (send(STDERR_FILENO + 1, (char[]){REPLY_CLOSED}, 1, MSG_NOSIGNAL) != 1)
+		_exit(1);
 	while ((op = receive(STDERR_FILENO + 1, fds, &conn)) == REQ_RESTART)
 		restart(STDERR_FILENO + 1, fds, conn, spawn);
 	if (op == REQ_UNMOUNT)
@@ -396,6 +400,8 @@ static bool fuse_open_to_all(void)
 int ck_sandbox_enter(struct ck_sandbox *sb, const char *mountpoint, bool foreground,
 		     ck_sandbox_spawn_fn *spawn, struct ck_err *e)
 {
+	char reply;
+	ssize_t n;
 	int p[2];
 
 	*sb = (struct ck_sandbox){.unmounter = -1, .to_unmounter = -1};
@@ -412,6 +418,12 @@ int ck_sandbox_enter(struct ck_sandbox *sb, const char *mountpoint, bool foregro
 		unmounter(p[0], mountpoint, foreground, spawn);
 	close(p[0]);
 	sb->to_unmounter = p[1];
+	/* Until the unmounter closed its copy of the /dev/fuse descriptor it
+	 * looks like a second daemon of the mount (ckptfs restart). */
+	while ((n = recv(p[1], &reply, 1, 0)) < 0 && errno == EINTR)
+		;
+	if (n != 1 || reply != REPLY_CLOSED)
+		return ck_err_set(e, ECHILD, "sandbox: the unmounter did not start");
 	/* from here on (failure included: partly confined) the unmounter unmounts */
 	return ck_sandbox_confine(fuse_open_to_all(), e);
 }
