@@ -1,0 +1,98 @@
+"""How views are read: a checkpoint of big records straight from the
+source's page cache (direct reads, no page cache of its own), one of many
+small records through the view's page cache; either way every view maps
+shared (FUSE_DIRECT_IO_ALLOW_MMAP, asked for past libfuse 3.14), also after
+a restart, and reads the same bytes through read() and mmap."""
+
+import ctypes
+import mmap
+import os
+import struct
+
+import pytest
+import torch
+
+import ckref
+from conftest import read_bytes, run_cli
+
+SYS_CACHESTAT = 451  # x86_64, Linux 6.5+
+
+
+def cached_pages(path):
+    """Pages of path's own page cache (cachestat: no mmap, which would drop
+    a directly read file's pages first)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    rng = struct.pack("QQ", 0, 0)            # offset 0, length 0: the whole file
+    out = ctypes.create_string_buffer(40)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syscall(SYS_CACHESTAT, fd, rng, out, 0):
+            pytest.skip("cachestat: %s" % os.strerror(ctypes.get_errno()))
+    finally:
+        os.close(fd)
+    return struct.unpack("5Q", out.raw)[0]
+
+
+def _sources(src):
+    big = {"module.w%d" % i: torch.randn(1 << 19) for i in range(4)}       # 2 MiB records
+    many = {"module.t%d" % i: torch.randn(16) for i in range(3000)}        # 64-byte records
+    torch.save(big, os.path.join(src, "big.pt"))
+    torch.save(many, os.path.join(src, "many.pt"))
+    return {"big.pt": big, "many.pt": many}
+
+
+def _drop(path):
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+
+
+def _mapped(path):
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:  # MAP_SHARED
+        return bytes(m)
+
+
+@pytest.fixture
+def mounted(mount_factory, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    sds = _sources(str(src))
+    return mount_factory(str(src)), sds
+
+
+@pytest.mark.parametrize("view", ckref.VIEWS)
+def test_big_records_read_past_the_page_cache(mounted, view):
+    m, sds = mounted
+    big, many = m.path(view, "big.pt"), m.path(view, "many.pt")
+    got = read_bytes(big)
+    read_bytes(many)
+    assert cached_pages(big) == 0, "a view of big records keeps a page cache of its own"
+    assert cached_pages(many) > 0, "a view of many small records is not cached"
+    assert ckref.same(torch.load(big), ckref.transform(sds["big.pt"], view))
+    assert len(got) == os.stat(big).st_size
+
+
+@pytest.mark.parametrize("name", ["big.pt", "many.pt"])
+@pytest.mark.parametrize("view", ckref.VIEWS)
+def test_every_view_maps_shared(mounted, view, name):
+    m, _ = mounted
+    path = m.path(view, name)
+    want = read_bytes(path)
+    assert _mapped(path) == want
+    assert read_bytes(path) == want                  # and reads after the mapping
+
+
+def test_maps_shared_after_restart(mounted):
+    """The successor never sees the INIT: what it granted comes with the
+    restart, and a direct read stays mappable."""
+    m, _ = mounted
+    want = {v: read_bytes(m.path(v, "big.pt")) for v in ckref.VIEWS}
+    for _ in range(2):
+        rc, out, err = run_cli(["restart", m.mnt])
+        assert rc == 0, err
+        for v in ckref.VIEWS:
+            path = m.path(v, "big.pt")
+            _drop(path)                              # what the last mapping left
+            assert read_bytes(path) == want[v]
+            assert cached_pages(path) == 0, "the successor stopped reading directly"
+            assert _mapped(path) == want[v]
