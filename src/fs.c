@@ -788,16 +788,20 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out,
  * copied again to the reader. A direct read copies the source's pages once,
  * straight into the reader's buffer, and the pieces of one big read go to
  * several daemon threads at once; but each read is a round trip to the
- * daemon, where a cached one is not. So a file read in big pieces (records
- * of DIRECT_MIN_RECORD and more on average: torch reads each record with
- * two calls) is read directly, one of many small records through the
- * cache. Only where the kernel still maps such a file shared (fuseio.h). */
+ * daemon, where a cached one is not, and every mmap of the file (and every
+ * direct read of a mapped range) drops the pages mappings share. So only
+ * what torch.load reads with read() goes direct, and only in big pieces
+ * (records of DIRECT_MIN_RECORD and more on average: torch reads each
+ * record with two calls); safetensors files, which readers map, and other
+ * files stay cached. Only where the kernel still maps such a file shared
+ * (fuseio.h). */
 static bool read_direct(const struct open_file *of)
 {
 	const struct ck_built *b = ck_cache_built(of->src.ent);
 	uint64_t size = b->layout ? b->layout->size : (uint64_t)of->src.st.st_size;
 
 	return (ck_fuseio_granted() & CK_CONN_DIRECT_MMAP) &&
+	       (b->format == CK_FORMAT_TORCHZIP || b->format == CK_FORMAT_LEGACY) &&
 	       size / (b->records ? b->records : 1) >= DIRECT_MIN_RECORD;
 }
 
