@@ -6,6 +6,8 @@ seconds of the operation alone (imports excluded).
 
   loadone.py load PATH            torch.load
   loadone.py rename PATH          torch.load + strip "module." in Python
+  loadone.py mmap PATH            torch.load(mmap=True), then every byte
+                                  touched (torch 2.1 and later)
   loadone.py convert PATH OUT     torch.load + strip + torch.save to OUT
 """
 
@@ -23,7 +25,12 @@ def strip_module(sd):
 def main():
     mode, path = sys.argv[1], sys.argv[2]
     t = time.perf_counter()
-    sd = torch.load(path)
+    if mode == "mmap":
+        sd = torch.load(path, mmap=True)
+        for v in sd.values():
+            v.sum()
+    else:
+        sd = torch.load(path)
     if mode in ("rename", "convert"):
         sd = strip_module(sd)
     if mode == "convert":
