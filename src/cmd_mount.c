@@ -250,7 +250,7 @@ static void raise_read_ahead(const char *mountpoint)
 		return;
 	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", mi.dev);
 	if ((fd = open(path, O_WRONLY | O_CLOEXEC)) >= 0) {
-		dprintf(fd, "%d\n", CK_READ_AHEAD_KB);
+		dprintf(fd, "%u\n", CK_READ_AHEAD_KB);
 		close(fd);
 	}
 }

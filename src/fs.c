@@ -1558,6 +1558,28 @@ READ_ONLY_OP(fallocate, fuse_ino_t ino, int mode, off_t offset, off_t length,
 READ_ONLY_OP(copy_file_range, fuse_ino_t ino_in, off_t off_in, struct fuse_file_info *fi_in,
 	     fuse_ino_t ino_out, off_t off_out, struct fuse_file_info *fi_out, size_t len, int flags)
 
+static unsigned read_pages = 248;
+
+static void probe_pipe_growth(void)
+{
+	int p[2];
+
+	if (pipe2(p, O_CLOEXEC))
+		return;
+	if (fcntl(p[0], F_SETPIPE_SZ, 2 << 20) >= 2 << 20) /* past pipe-max-size: CAP_SYS_RESOURCE */
+		read_pages = 256;
+	close(p[0]);
+	close(p[1]);
+}
+
+unsigned ck_fs_read_pages(void)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+	pthread_once(&once, probe_pipe_growth);
+	return read_pages;
+}
+
 static void fs_init(void *userdata, struct fuse_conn_info *conn)
 {
 	/* Export support: for a file handle whose inode it evicted, the kernel
@@ -1577,7 +1599,7 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
 	/* Nothing is written through the mount: max_write only sets max_pages. */
-	conn->max_write = CK_READ_PAGES * 4096;
+	conn->max_write = ck_fs_read_pages() * 4096;
 	conn->max_readahead = CK_READ_AHEAD_KB << 10;
 }
 

@@ -39,14 +39,15 @@ int ck_fs_take_over(struct ck_fs *fs, uint32_t epoch);
  * own source. */
 void ck_fs_note_mount(struct ck_fs *fs, const char *mountpoint);
 
-/* Reads come in requests of at most CK_READ_PAGES pages: libfuse 3.14
- * splices a reply only if its per-thread pipe holds it with the header and
- * a page per segment, and without CAP_SYS_RESOURCE a pipe grows only to
- * pipe-max-size (1 MiB); a 256-page request would fall back to copying.
- * The kernel reads ahead CK_READ_AHEAD_KB (four requests) where the daemon
- * may raise the mount's read_ahead_kb (root). */
-#define CK_READ_PAGES 248
-#define CK_READ_AHEAD_KB (4 * CK_READ_PAGES * 4)
+/* Pages a read request holds at most: libfuse 3.14 splices a reply only if
+ * its per-thread pipe holds it with the header and a page per segment, and
+ * without CAP_SYS_RESOURCE a pipe grows only to pipe-max-size (1 MiB): a
+ * 256-page (1 MiB) request then falls back to copying, so 248. With it,
+ * 256, the kernel's most: a 1 MiB read is one request, not two. */
+unsigned ck_fs_read_pages(void);
+
+/* The read-ahead the daemon gives its mount (root): four requests. */
+#define CK_READ_AHEAD_KB (4 * ck_fs_read_pages() * 4)
 
 /* The operations; their userdata is the struct ck_fs. */
 extern const struct fuse_lowlevel_ops ck_fs_ops;
