@@ -60,6 +60,7 @@ struct ck_fs {
 	/* This daemon took the connection over (ckptfs restart): the kernel
 	 * holds node ids and handles the predecessor gave it. */
 	bool took_over;
+	bool direct_io;         /* -o direct_io: no page cache (ck_fs_set_direct_io) */
 	struct ck_fdquota *fdq; /* each user's share of the descriptors */
 };
 
@@ -165,6 +166,11 @@ void ck_fs_free(struct ck_fs *fs)
 	ck_cache_free(fs->cache);
 	ck_fdquota_free(fs->fdq);
 	free(fs);
+}
+
+void ck_fs_set_direct_io(struct ck_fs *fs, bool on)
+{
+	fs->direct_io = on;
 }
 
 /* Also what a new mount does, with epoch 0 (no predecessor). */
@@ -781,7 +787,9 @@ static int open_view_file(struct ck_fs *fs, uint64_t id, struct open_file **out,
 /* No direct_io: pages the kernel caches are what mmap maps, and keep_cache
  * keeps them across opens: a node names one version, so they stay good.
  * Except for a file that is no checkpoint opened at a newer version than
- * its node: read past the kernel's cache and its old size. */
+ * its node: read past the kernel's cache and its old size; and on a mount
+ * asked for direct_io (an NFS export: ganesha copies out of the page cache
+ * again, direct I/O halves the copies). */
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ck_fs *fs = fs_of(req);
@@ -802,7 +810,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	of->uid = fuse_req_ctx(req)->uid;
 	fi->keep_cache = !moved;
-	fi->direct_io = moved;
+	fi->direct_io = moved || fs->direct_io;
 	pthread_mutex_lock(&fs->open_lock);
 	DL_APPEND(fs->open_files, of);
 	pthread_mutex_unlock(&fs->open_lock);
