@@ -216,9 +216,10 @@ def _assert_state_dict(got, want):
 # --------------------------------------------------------------------------
 # tests
 
+@pytest.mark.parametrize("opts", [(), ("direct_io",)], ids=["cached", "direct_io"])
 @pytest.mark.parametrize("version", [3, 4])
-def test_listing_and_sha256(server, mount_factory, version):
-    m = mount_factory(_make_source(server.base))
+def test_listing_and_sha256(server, mount_factory, version, opts):
+    m = mount_factory(_make_source(server.base), opts)
     server.add_export(m.mnt, "/ckpt")
     server.start()
     tree = _local_tree(m.mnt)
