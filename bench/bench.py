@@ -562,9 +562,10 @@ class NfsServer:
         self.server = nfsserver.Server(base)
         CHILDREN.insert(0, self)  # before the mounts it serves
 
-    def close(self):
+    def close(self):  # again after cleanup() on a signal: a no-op
         self.server.destroy()
-        CHILDREN.remove(self)
+        if self in CHILDREN:
+            CHILDREN.remove(self)
 
 
 def nfs_problem():
@@ -606,33 +607,13 @@ def nfs_check(server, url, want):
         RAW["notes"].append(f"WRONG BYTES over NFS: {url}")
 
 
-def nfs_reads(src, mnt):
-    """A cold view read through nfs-ganesha (FSAL VFS) on loopback in a network namespace, the
-    mount fresh and ganesha started afresh for every read; against dd of the view on a fresh mount
-    and ganesha exporting the source itself (no FUSE: what ganesha and the client reach here).
-    mnt is not used: the exported mount must be below a shared mount (nfsserver.shared_dir)."""
-    log("10. reads over NFS (nfs-ganesha on loopback, libnfs clients)")
-    problem = nfs_problem()
-    if problem:
-        RAW["notes"].append(f"NFS figures skipped: {problem}")
-        log(f"   skipped: {problem}")
-        return
-    BIN["nfsread"] = os.path.join(WORK, "tools", "nfsread")
-    flags = run(["pkg-config", "--cflags", "--libs", "libnfs"], capture_output=True, text=True).stdout.split()
-    run(["cc", "-O2", "-o", BIN["nfsread"], os.path.join(HERE, "nfsread.c"), *flags])
-    big = FILES["big"]
+def nfs_variants(s, src, nmnt, big):
+    """(key, function timing one read, what) of section 10, each read cold: a fresh mount (or none,
+    for the source exported itself) and ganesha started for it alone."""
     size = os.path.getsize(big)
     rel = os.path.join("plain", os.path.basename(big))
-    base = os.path.join(WORK, "nfs")
-    nmnt = os.path.join(base, "mnt")
-    os.makedirs(nmnt)
-    nfsserver.shared_dir(base)
-    ns = NfsServer(base)
-    s = ns.server
-    s.add_export(nmnt, "/ckpt")
-    s.add_export(os.path.dirname(big), "/source", None)
-    view_url = {v: s.url("/ckpt/" + rel, v) for v in (3, 4)}
-    source_url = {v: s.url("/source/" + os.path.basename(big), v) for v in (3, 4)}
+    view = {v: s.url("/ckpt/" + rel, v) for v in (3, 4)}
+    source = {v: s.url("/source/" + os.path.basename(big), v) for v in (3, 4)}
 
     def over_nfs(opts, url, cat=False):
         def one():
@@ -648,40 +629,66 @@ def nfs_reads(src, mnt):
         with ckptfs(src, nmnt):
             return dd(os.path.join(nmnt, rel))
 
-    variants = [("nfs_local_read", local, "dd of the view, fresh mount (the NFS figures' baseline)"),
-                ("nfs3_read", over_nfs("direct_io", view_url[3]),
-                 f"NFSv3 read of the view, {NFS_DEPTH} READs in flight, fresh -o direct_io mount"),
-                ("nfs4_read", over_nfs("direct_io", view_url[4]),
-                 f"NFSv4 read of the view, {NFS_DEPTH} READs in flight, fresh -o direct_io mount"),
-                ("nfs3_read_cached", over_nfs("", view_url[3]),
-                 f"NFSv3 read of the view, {NFS_DEPTH} READs in flight, fresh mount without direct_io"),
-                ("nfs3_cat", over_nfs("direct_io", view_url[3], cat=True),
-                 "NFSv3 nfs-cat of the view (1 READ in flight), fresh -o direct_io mount"),
-                ("nfs3_cat_cached", over_nfs("", view_url[3], cat=True),
-                 "NFSv3 nfs-cat of the view (1 READ in flight), fresh mount without direct_io"),
-                ("nfs3_source_read", over_nfs(None, source_url[3]),
-                 "NFSv3 read of the source itself (ganesha exporting the source directory, no FUSE)"),
-                ("nfs4_source_read", over_nfs(None, source_url[4]), "NFSv4 read of the source itself")]
+    flight = f"{NFS_DEPTH} READs in flight"
+    return [("nfs_local_read", local, "dd of the view, fresh mount (the NFS figures' baseline)"),
+            ("nfs3_read", over_nfs("direct_io", view[3]), f"NFSv3 read of the view, {flight}, -o direct_io"),
+            ("nfs4_read", over_nfs("direct_io", view[4]), f"NFSv4 read of the view, {flight}, -o direct_io"),
+            ("nfs3_read_cached", over_nfs("", view[3]), f"NFSv3 read of the view, {flight}, default mount"),
+            ("nfs3_cat", over_nfs("direct_io", view[3], cat=True),
+             "NFSv3 nfs-cat of the view (one READ at a time), -o direct_io"),
+            ("nfs3_cat_cached", over_nfs("", view[3], cat=True), "NFSv3 nfs-cat of the view, default mount"),
+            ("nfs3_source_read", over_nfs(None, source[3]),
+             f"NFSv3 read of the source exported by ganesha itself (no FUSE), {flight}"),
+            ("nfs4_source_read", over_nfs(None, source[4]), f"NFSv4 read of the source itself, {flight}")]
+
+
+def nfs_reads(src, mnt):
+    """A cold view read through nfs-ganesha (FSAL VFS) on loopback in a network namespace
+    (tests/e2e/nfsserver.py), against dd of the view and ganesha exporting the source itself.
+    mnt is not used: the exported mount must be below a shared mount (nfsserver.shared_dir)."""
+    log("10. reads over NFS (nfs-ganesha on loopback, libnfs clients)")
+    problem = nfs_problem()
+    if problem:
+        RAW["notes"].append(f"NFS figures skipped: {problem}")
+        log(f"   skipped: {problem}")
+        return
+    BIN["nfsread"] = os.path.join(WORK, "tools", "nfsread")
+    flags = run(["pkg-config", "--cflags", "--libs", "libnfs"], capture_output=True, text=True).stdout.split()
+    run(["cc", "-O2", "-o", BIN["nfsread"], os.path.join(HERE, "nfsread.c"), *flags])
+    big = FILES["big"]
+    base = os.path.join(WORK, "nfs")
+    nmnt = os.path.join(base, "mnt")
+    os.makedirs(nmnt)
+    nfsserver.shared_dir(base)
+    ns = NfsServer(base)
+    s = ns.server
+    s.add_export(nmnt, "/ckpt")
+    s.add_export(os.path.dirname(big), "/source", None)
+    variants = nfs_variants(s, src, nmnt, big)
+    xs = {key: [] for key, *_ in variants}
     warm(big)
     try:
         s.create()
         with ckptfs(src, nmnt, opts="direct_io"):
             s.start()
             try:
-                want = sha256_file(os.path.join(nmnt, rel))
+                want = sha256_file(os.path.join(nmnt, "plain", os.path.basename(big)))
                 for v in (3, 4):
-                    nfs_check(s, view_url[v], want)
+                    nfs_check(s, s.url("/ckpt/plain/" + os.path.basename(big), v), want)
             finally:
                 s.stop_ganesha()
-        xs = {key: [] for key, *_ in variants}
         for _ in range(REPS):  # round robin, as for the local reads
             for key, fn, _what in variants:
                 xs[key].append(fn())
+    except (nfsserver.NfsError, RuntimeError, subprocess.SubprocessError) as e:
+        RAW["notes"].append(f"NFS figures failed: {e}")
+        log(f"   failed: {e}")
+        return
     finally:
         ns.close()
         nfsserver.unshare_dir(base)
     for key, _fn, what in variants:
-        record(key, "GB/s", gbps(size, xs[key]), what)
+        record(key, "GB/s", gbps(os.path.getsize(big), xs[key]), what)
 
 
 # --------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import time
 SERVER = "127.0.0.1"
 READY_TIMEOUT = 15          # s for rpcbind and ganesha to serve
 CLIENT_TIMEOUT = 60         # s for one client command
-TOOLS = ("ganesha.nfsd", "rpcbind", "nfs-ls", "nfs-cat", "nsenter", "ip")
+TOOLS = ("ganesha.nfsd", "rpcbind", "nfs-ls", "nfs-cat", "nsenter", "unshare", "setpriv", "ip")
 
 # Every server-side process dies with the process that started it, even
 # when that one is killed before it can clean up.
