@@ -9,6 +9,7 @@ import ctypes
 import errno
 import io
 import mmap
+import random
 import os
 
 import pytest
@@ -91,3 +92,28 @@ def test_kept_across_restart(mount_factory, tmp_path):
     assert m.proc.wait(timeout=20) == 0 and mounted_at(m.mnt), m.log()
     assert read_bytes(path) == want
     assert _cached_pages(path) == 0, "the restarted daemon dropped -o direct_io"
+
+
+def test_unaligned_reads_anywhere(mount_factory, tmp_path):
+    """Direct I/O passes the reader's offsets and sizes through unrounded
+    (the page cache asks whole pages): reads across the rewritten pickle,
+    the zip headers and the spliced tensor bytes, and past the end."""
+    src = _source(tmp_path)
+    torch.manual_seed(4)
+    torch.save({"module.a": torch.randn(1024, 512), "module.b": torch.randn(3),
+                "module.c": torch.randn(700, 300)}, os.path.join(src, "three.pt"))
+    cached = mount_factory(src)
+    direct = mount_factory(src, ["direct_io"])
+    rng = random.Random(12)
+    for rel in FILES[:2] + [("plain", "three.pt")]:
+        want = read_bytes(cached.path(*rel))
+        fd = os.open(direct.path(*rel), os.O_RDONLY)
+        try:
+            spots = [(0, 1), (1, 4095), (4095, 2), (len(want) - 1, 10), (len(want), 5),
+                     (len(want) + 4096, 1)]
+            spots += [(rng.randrange(len(want)), rng.choice([1, 7, 4096, 4097, 65537, 300000, (1 << 20) + 13, 3 << 20]))
+                      for _ in range(200)]
+            for off, n in spots:
+                assert os.pread(fd, n, off) == want[off:off + n], (rel, off, n)
+        finally:
+            os.close(fd)
