@@ -689,6 +689,10 @@ def nfs_reads(src, mnt):
         nfsserver.unshare_dir(base)
     for key, _fn, what in variants:
         record(key, "GB/s", gbps(os.path.getsize(big), xs[key]), what)
+    # each repetition read locally and over NFS within seconds: its own ratio is steadier under load
+    for key in ("nfs3_read", "nfs4_read", "nfs3_cat"):
+        record(key + "_vs_local", "×", [loc / t for loc, t in zip(xs["nfs_local_read"], xs[key])],
+               f"{key} ÷ nfs_local_read of the same repetition")
 
 
 # --------------------------------------------------------------------------
