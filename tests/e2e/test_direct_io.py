@@ -75,12 +75,18 @@ def test_reads_equal_and_leave_no_page_cache(mount_factory, tmp_path):
 
 
 def test_private_mmap_reads_the_view(mount_factory, tmp_path):
+    """As the README says: private mappings work, shared ones fail with
+    ENODEV (the kernel's rule for direct I/O files; libfuse 3.14 cannot ask
+    for FUSE_DIRECT_IO_ALLOW_MMAP)."""
     m = mount_factory(_source(tmp_path), ["direct_io"])
     path = m.path("ddp", "sub", "model.pt")
     want = read_bytes(path)
     with open(path, "rb") as f:
         with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as mm:
             assert mm[:] == want
+        with pytest.raises(OSError) as e:
+            mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        assert e.value.errno == errno.ENODEV
 
 
 def test_kept_across_restart(mount_factory, tmp_path):
