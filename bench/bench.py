@@ -598,12 +598,17 @@ def nfs_read(server, url, size, cat=False):
 
 def nfs_check(server, url, want):
     """The bytes over NFS are the view's (sha256 of nfsread's output)."""
-    p = subprocess.Popen(server.enter(True) + [BIN["nfsread"], url, str(NFS_DEPTH)], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL)
-    h = hashlib.sha256()
-    while chunk := p.stdout.read(8 << 20):
-        h.update(chunk)
-    if p.wait() or h.hexdigest() != want:
+    with tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(server.enter(True) + [BIN["nfsread"], url, str(NFS_DEPTH)], stdout=subprocess.PIPE,
+                             stderr=err)
+        h = hashlib.sha256()
+        while chunk := p.stdout.read(8 << 20):
+            h.update(chunk)
+        p.stdout.close()
+        if p.wait():
+            err.seek(0)
+            raise RuntimeError(f"nfsread {url}: exit {p.returncode}: {err.read().decode(errors='replace').strip()}")
+    if h.hexdigest() != want:
         RAW["notes"].append(f"WRONG BYTES over NFS: {url}")
 
 
