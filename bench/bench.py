@@ -20,7 +20,9 @@ mount.
 """
 
 import atexit
+import contextlib
 import datetime
+import hashlib
 import inspect
 import json
 import os
@@ -36,7 +38,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(1, os.path.join(HERE, "..", "tests", "e2e"))  # nfsserver.py, shared with test_nfs.py
 import ckzip  # noqa: E402
+import nfsserver  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -169,8 +173,9 @@ class Mount:
         self.close()
 
 
-def ckptfs(src, mnt, read_ahead_kb=None):
-    return Mount([BIN["ckptfs"], "mount", "-f", src, mnt], mnt, "plain", read_ahead_kb)
+def ckptfs(src, mnt, read_ahead_kb=None, opts=None):
+    return Mount([BIN["ckptfs"], "mount", "-f", *(["-o", opts] if opts else []), src, mnt], mnt, "plain",
+                 read_ahead_kb)
 
 
 def passthrough(binary, src, mnt, opts="", read_ahead_kb=None):
@@ -187,8 +192,9 @@ def cleanup():
     if WORK and os.path.isdir(WORK):
         with open("/proc/self/mountinfo") as f:
             left = [l.split()[4] for l in f if l.split()[4].startswith(WORK + "/")]
-        for mp in left:
-            subprocess.run(["fusermount3", "-uz", mp], stderr=subprocess.DEVNULL)
+        for mp in left:  # FUSE mounts, and the NFS section's shared bind mount
+            if subprocess.run(["fusermount3", "-uz", mp], stderr=subprocess.DEVNULL).returncode:
+                subprocess.run(["umount", "-l", mp], stderr=subprocess.DEVNULL)
         if os.environ.get("BENCH_KEEP") == "1":
             log(f"kept {WORK}")
         else:
@@ -228,6 +234,14 @@ def rss_kb(pid, field="VmRSS"):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def gbps(size, seconds):
@@ -554,6 +568,154 @@ def converter(src, mnt):
     record("convert_disk", "MiB", disk, "extra disk the converted copy takes")
 
 
+NFS_DEPTH = 8    # READs in flight: what a kernel client's read-ahead keeps going (nfs-cat has 1)
+
+
+class NfsServer:
+    """tests/e2e/nfsserver.py's ganesha + rpcbind, stopped by cleanup()."""
+
+    def __init__(self, base):
+        self.server = nfsserver.Server(base)
+        CHILDREN.insert(0, self)  # before the mounts it serves
+
+    def close(self):  # again after cleanup() on a signal: a no-op
+        self.server.destroy()
+        if self in CHILDREN:
+            CHILDREN.remove(self)
+
+
+def nfs_problem():
+    missing = nfsserver.missing_tools(("cc", "pkg-config"))
+    if missing:
+        return (f"missing {', '.join(missing)} (apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind "
+                "libnfs-utils libnfs-dev)")
+    if subprocess.run(["pkg-config", "--exists", "libnfs"]).returncode:
+        return "no libnfs-dev"
+    return nfsserver.netns_problem()
+
+
+def nfs_read(server, url, size, cat=False):
+    """Seconds to read url whole: nfsread's own clock (first READ to last byte, as dd's), or
+    nfs-cat's run (one READ in flight; its mount and lookup, ~0.06 s, included)."""
+    args = ["nfs-cat", url] if cat else [BIN["nfsread"], url, str(NFS_DEPTH)]
+    t = time.perf_counter()
+    r = subprocess.run(server.enter(True) + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True, timeout=600)
+    t = time.perf_counter() - t
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
+    if cat:
+        return t
+    got, secs = r.stderr.split()
+    if int(got) != size:
+        raise RuntimeError(f"{url}: {got} bytes, expected {size}")
+    return float(secs)
+
+
+def nfs_check(server, url, want):
+    """The bytes over NFS are the view's (sha256 of nfsread's output)."""
+    with tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(server.enter(True) + [BIN["nfsread"], url, str(NFS_DEPTH)], stdout=subprocess.PIPE,
+                             stderr=err)
+        h = hashlib.sha256()
+        while chunk := p.stdout.read(8 << 20):
+            h.update(chunk)
+        p.stdout.close()
+        if p.wait():
+            err.seek(0)
+            raise RuntimeError(f"nfsread {url}: exit {p.returncode}: {err.read().decode(errors='replace').strip()}")
+    if h.hexdigest() != want:
+        RAW["notes"].append(f"WRONG BYTES over NFS: {url}")
+
+
+def nfs_variants(s, src, nmnt, big):
+    """(key, function timing one read, what) of section 10, each read cold: a fresh mount (or none,
+    for the source exported itself) and ganesha started for it alone."""
+    size = os.path.getsize(big)
+    rel = os.path.join("plain", os.path.basename(big))
+    view = {v: s.url("/ckpt/" + rel, v) for v in (3, 4)}
+    source = {v: s.url("/source/" + os.path.basename(big), v) for v in (3, 4)}
+
+    def over_nfs(opts, url, cat=False):
+        def one():
+            with ckptfs(src, nmnt, opts=opts) if opts is not None else contextlib.nullcontext():
+                s.start()
+                try:
+                    return nfs_read(s, url, size, cat)
+                finally:
+                    s.stop_ganesha()
+        return one
+
+    def local():
+        with ckptfs(src, nmnt):
+            return dd(os.path.join(nmnt, rel))
+
+    flight = f"{NFS_DEPTH} READs in flight"
+    return [("nfs_local_read", local, "dd of the view, fresh mount (the NFS figures' baseline)"),
+            ("nfs3_read", over_nfs("direct_io", view[3]), f"NFSv3 read of the view, {flight}, -o direct_io"),
+            ("nfs4_read", over_nfs("direct_io", view[4]), f"NFSv4 read of the view, {flight}, -o direct_io"),
+            ("nfs3_read_cached", over_nfs("", view[3]), f"NFSv3 read of the view, {flight}, default mount"),
+            ("nfs3_cat", over_nfs("direct_io", view[3], cat=True),
+             "NFSv3 nfs-cat of the view (one READ at a time), -o direct_io"),
+            ("nfs3_cat_cached", over_nfs("", view[3], cat=True), "NFSv3 nfs-cat of the view, default mount"),
+            ("nfs3_source_read", over_nfs(None, source[3]),
+             f"NFSv3 read of the source exported by ganesha itself (no FUSE), {flight}"),
+            ("nfs4_source_read", over_nfs(None, source[4]), f"NFSv4 read of the source itself, {flight}")]
+
+
+def nfs_reads(src, mnt):
+    """A cold view read through nfs-ganesha (FSAL VFS) on loopback in a network namespace
+    (tests/e2e/nfsserver.py), against dd of the view and ganesha exporting the source itself.
+    mnt is not used: the exported mount must be below a shared mount (nfsserver.shared_dir)."""
+    log("10. reads over NFS (nfs-ganesha on loopback, libnfs clients)")
+    problem = nfs_problem()
+    if problem:
+        RAW["notes"].append(f"NFS figures skipped: {problem}")
+        log(f"   skipped: {problem}")
+        return
+    BIN["nfsread"] = os.path.join(WORK, "tools", "nfsread")
+    flags = run(["pkg-config", "--cflags", "--libs", "libnfs"], capture_output=True, text=True).stdout.split()
+    run(["cc", "-O2", "-o", BIN["nfsread"], os.path.join(HERE, "nfsread.c"), *flags])
+    big = FILES["big"]
+    base = os.path.join(WORK, "nfs")
+    nmnt = os.path.join(base, "mnt")
+    os.makedirs(nmnt)
+    nfsserver.shared_dir(base)
+    ns = NfsServer(base)
+    s = ns.server
+    s.add_export(nmnt, "/ckpt")
+    s.add_export(os.path.dirname(big), "/source", None)
+    variants = nfs_variants(s, src, nmnt, big)
+    xs = {key: [] for key, *_ in variants}
+    warm(big)
+    try:
+        s.create()
+        with ckptfs(src, nmnt, opts="direct_io"):
+            s.start()
+            try:
+                want = sha256_file(os.path.join(nmnt, "plain", os.path.basename(big)))
+                for v in (3, 4):
+                    nfs_check(s, s.url("/ckpt/plain/" + os.path.basename(big), v), want)
+            finally:
+                s.stop_ganesha()
+        for _ in range(REPS):  # round robin, as for the local reads
+            for key, fn, _what in variants:
+                xs[key].append(fn())
+    except (nfsserver.NfsError, RuntimeError, subprocess.SubprocessError) as e:
+        RAW["notes"].append(f"NFS figures failed: {e}")
+        log(f"   failed: {e}")
+        return
+    finally:
+        ns.close()
+        nfsserver.unshare_dir(base)
+    for key, _fn, what in variants:
+        record(key, "GB/s", gbps(os.path.getsize(big), xs[key]), what)
+    # each repetition read locally and over NFS within seconds: its own ratio is steadier under load
+    for key in ("nfs3_read", "nfs4_read", "nfs3_cat"):
+        record(key + "_vs_local", "×", [loc / t for loc, t in zip(xs["nfs_local_read"], xs[key])],
+               f"{key} ÷ nfs_local_read of the same repetition")
+
+
 # --------------------------------------------------------------------------
 # the table
 
@@ -715,7 +877,7 @@ def main():
     make_files(src)
     m = machine()
     log(f"ckptfs {CKPTFS}; work dir {WORK}")
-    for step in (seq_reads, mmap_reads, torch_loads, first_byte, daemon_memory, many_files, converter):
+    for step in (seq_reads, mmap_reads, torch_loads, first_byte, daemon_memory, many_files, converter, nfs_reads):
         step(src, mnt)
     m["loadavg_end"] = open("/proc/loadavg").read().split()[0]
     if max(float(m["loadavg_start"]), float(m["loadavg_end"])) > 0.5:

@@ -34,7 +34,7 @@
 #define MAX_IDLE_THREADS 16
 
 struct mount_args {
-	bool foreground, debug, nosandbox;
+	bool foreground, debug, nosandbox, direct_io;
 	size_t cache_mb;
 	struct cli_views views;
 	char fuse_options[4096];  /* the user's -o options for libfuse, comma-separated */
@@ -90,6 +90,8 @@ static void parse_options(struct mount_args *a, const char *given)
 			cli_views_add(&a->views, "mount", opt + 5);
 		else if (strcmp(opt, "nosandbox") == 0)
 			a->nosandbox = true;
+		else if (strcmp(opt, "direct_io") == 0)
+			a->direct_io = true;
 		else if (is_generic_option(opt))
 			continue;
 		else if ((size_t)snprintf(a->fuse_options + used, sizeof(a->fuse_options) - used,
@@ -367,6 +369,7 @@ int cmd_mount(int argc, char **argv)
 	fs = ck_fs_new(root_fd, a.views.list, a.views.n, a.cache_mb << 20, &e);
 	if (!fs || (takeover && ck_fs_take_over(fs, a.epoch)))
 		cli_fail(a.source, fs ? strerror(ENOMEM) : e.msg);
+	ck_fs_set_direct_io(fs, a.direct_io);
 	/* symlinks into the source by absolute path name it either way */
 	if (ck_fs_add_source_path(fs, source_real, &e) || ck_fs_add_source_path(fs, a.source, &e))
 		cli_fail(a.source, e.msg);

@@ -61,6 +61,7 @@ struct ck_fs {
 	/* This daemon took the connection over (ckptfs restart): the kernel
 	 * holds node ids and handles the predecessor gave it. */
 	bool took_over;
+	bool direct_io;         /* -o direct_io: no page cache (ck_fs_set_direct_io) */
 	struct ck_fdquota *fdq; /* each user's share of the descriptors */
 };
 
@@ -166,6 +167,11 @@ void ck_fs_free(struct ck_fs *fs)
 	ck_cache_free(fs->cache);
 	ck_fdquota_free(fs->fdq);
 	free(fs);
+}
+
+void ck_fs_set_direct_io(struct ck_fs *fs, bool on)
+{
+	fs->direct_io = on;
 }
 
 /* Also what a new mount does, with epoch 0 (no predecessor). */
@@ -807,9 +813,11 @@ static bool read_direct(const struct open_file *of)
 
 /* keep_cache keeps the pages the kernel caches (what mmap maps, and what
  * reads that are not direct hit) across opens: a node names one version,
- * so they stay good. Except for a file that is no checkpoint opened at a
- * newer version than its node: read past the kernel's cache and its old
- * size. */
+ * so they stay good. Direct: see read_direct; every file of a mount asked
+ * for direct_io (an NFS export: ganesha copies out of the page cache
+ * again, direct reads halve the copies); and a file that is no checkpoint
+ * opened at a newer version than its node, read past the kernel's cache
+ * and its old size. */
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ck_fs *fs = fs_of(req);
@@ -830,7 +838,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	of->uid = fuse_req_ctx(req)->uid;
 	fi->keep_cache = !moved;
-	fi->direct_io = moved || read_direct(of);
+	fi->direct_io = moved || fs->direct_io || read_direct(of);
 	pthread_mutex_lock(&fs->open_lock);
 	DL_APPEND(fs->open_files, of);
 	pthread_mutex_unlock(&fs->open_lock);

@@ -6,6 +6,7 @@
 
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "err.h"
@@ -20,6 +21,12 @@ struct ck_fs;
 struct ck_fs *ck_fs_new(int root_fd, const struct ck_view *const *views, size_t nviews, size_t cache_bytes,
 		       struct ck_err *e);
 void ck_fs_free(struct ck_fs *fs);
+
+/* Every file opened from now on is read with direct I/O: no page cache of
+ * the mount, each read reaches the daemon, which splices the source's pages
+ * into the reader's buffer. One copy instead of two for a reader that has
+ * its own cache or sends the bytes on (an NFS server); off by default. */
+void ck_fs_set_direct_io(struct ck_fs *fs, bool on);
 
 /* A path of the source directory (as given, relative to the working
  * directory, or its realpath): symlinks whose absolute target lies beneath

@@ -39,6 +39,52 @@ def sha256(path):
     return h.hexdigest()
 
 
+SYS_CACHESTAT = 451         # x86_64 and every architecture's generic table
+
+
+def cached_pages(path):
+    """Pages of path's own page cache, counted with cachestat(2), which unlike
+    mincore needs no mapping (mapping a directly read file drops its cache)."""
+    import ctypes
+    import errno
+
+    class Range(ctypes.Structure):
+        _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+    class Stat(ctypes.Structure):
+        _fields_ = [("nr_cache", ctypes.c_uint64), ("rest", ctypes.c_uint64 * 4)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = Stat()
+        if libc.syscall(SYS_CACHESTAT, fd, ctypes.byref(Range(0, 0)), ctypes.byref(st), 0):
+            err = ctypes.get_errno()
+            if err == errno.ENOSYS:
+                pytest.skip("no cachestat(2) here (Linux >= 6.5)")
+            raise OSError(err, os.strerror(err), path)
+        return st.nr_cache
+    finally:
+        os.close(fd)
+
+
+def _threads_of(pid):
+    """Each thread of process pid with where the kernel has it waiting (root
+    reads the kernel stack): what a daemon that does not exit is stuck on."""
+    out = []
+    for tid in sorted(os.listdir("/proc/%d/task" % pid), key=int):
+        t = "/proc/%d/task/%s/" % (pid, tid)
+        try:
+            with open(t + "comm") as f, open(t + "wchan") as w:
+                line = "%s %s %s" % (tid, f.read().strip(), w.read().strip())
+            with open(t + "stack") as f:
+                line += " | " + " < ".join(x.split()[-1] for x in f.read().splitlines()[:6])
+        except OSError:
+            pass
+        out.append(line)
+    return "\n".join(out)
+
+
 def sanitized_build():
     """Whether the daemon under test is built with AddressSanitizer (its
     shadow memory and quarantine make RSS figures meaningless)."""
@@ -198,7 +244,8 @@ class Mount:
         try:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            problems.append("daemon did not exit after unmount; killed")
+            problems.append("daemon did not exit after unmount; killed; its threads:\n"
+                            + _threads_of(self.proc.pid))
             self.proc.kill()
             self.proc.wait()
         if not force_unmount(self.mnt):

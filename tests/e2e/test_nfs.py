@@ -6,11 +6,9 @@ Layout of one test:
   * tmp_path is bind-mounted on itself and made a shared mount, so FUSE
     mounts made below it later (daemon restarts, second mounts) propagate
     into the server's mount namespace;
-  * `ip netns add` makes a namespace with only `lo`; a holder process in it
-    gets a private mount namespace with a tmpfs on /run (rpcbind's socket and
-    lock live there and would otherwise be shared with the host's);
-  * rpcbind and ganesha.nfsd run in both namespaces (nsenter -t HOLDER);
-    the clients (nfs-ls, nfs-cat, tests/e2e/nfsclient.c) in the network one;
+  * nfsserver.Server runs rpcbind and ganesha.nfsd in a network namespace
+    with only `lo`; the clients (nfs-ls, nfs-cat, tests/e2e/nfsclient.c)
+    run in it too;
   * everything is stopped by pid, unmounted and removed at teardown, also
     when the test fails.
 
@@ -23,7 +21,6 @@ import io
 import itertools
 import os
 import re
-import signal
 import subprocess
 import time
 
@@ -31,54 +28,26 @@ import pytest
 import torch
 import torch.nn as nn
 
+import nfsserver
 from conftest import HERE, force_unmount, mounted_at, read_bytes, run_cli, sha256
+from nfsserver import CLIENT_TIMEOUT, missing_tools, netns_problem, run as _run
 
-SERVER = "127.0.0.1"
-READY_TIMEOUT = 15          # s for ganesha to serve
-CLIENT_TIMEOUT = 60         # s for one client command
 CAT_TIMEOUT = 5            # s for nfs-cat while a file may be failing
 SETTLE = 10.0               # s a fresh lookup may take to see a new version
 
-# Every server-side process dies with the test process, even when it is
-# killed before its fixtures can clean up (tests/e2e/run removes the
-# namespaces such a run leaves).
-ORPHAN_KILL = ["setpriv", "--pdeathsig", "KILL", "--"]
-
 _names = itertools.count()
-
-
-def _run(args, timeout=CLIENT_TIMEOUT, check=True, **kw):
-    r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                       stdin=subprocess.DEVNULL, **kw)
-    if check and r.returncode != 0:
-        pytest.fail("%s: exit %d\n%s" % (" ".join(args), r.returncode,
-                                         r.stderr.decode(errors="replace")))
-    return r
 
 
 def _require():
     if not os.path.exists("/dev/fuse"):
         pytest.skip("no /dev/fuse: FUSE is not available on this machine")
-    probe = "ckptfs-probe-%d" % os.getpid()
-    r = subprocess.run(["ip", "netns", "add", probe], stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        pytest.skip("no network namespaces here (ip netns add: %s)"
-                    % r.stdout.decode(errors="replace").strip())
-    subprocess.run(["ip", "netns", "del", probe])
-    missing = [p for p in ("ganesha.nfsd", "rpcbind", "nfs-ls", "nfs-cat", "nsenter", "cc",
-                           "pkg-config") if not _which(p)]
+    problem = netns_problem()
+    if problem:
+        pytest.skip("no network namespaces here (%s)" % problem)
+    missing = missing_tools(("cc", "pkg-config"))
     if missing:
         pytest.fail("missing: %s (./setup.sh installs nfs-ganesha, nfs-ganesha-vfs, rpcbind, "
                     "libnfs-utils, libnfs-dev)" % ", ".join(missing))
-
-
-def _which(prog):
-    for d in os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").split(":") + ["/usr/sbin",
-                                                                               "/sbin"]:
-        if os.access(os.path.join(d, prog), os.X_OK):
-            return True
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -91,208 +60,12 @@ def nfsclient(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------
-# the server
+# the server (nfsserver.py) and a client holding files open
 
-CORE_CONF = """\
-NFS_CORE_PARAM {{
-    NFS_Port = 2049;
-    MNT_Port = 20048;
-    Protocols = 3, 4;
-    Enable_NLM = false;
-    Enable_RQUOTA = false;
-    Enable_UDP = false;
-    mount_path_pseudo = true;
-}}
-NFS_KRB5 {{ Active_krb5 = false; }}
-NFSV4 {{
-    Graceless = true;
-    RecoveryBackend = fs;
-    RecoveryRoot = {recov};
-    Only_Numeric_Owners = true;
-}}
-LOG {{ Default_Log_Level = EVENT; }}
-%include "{exports}"
-"""
-
-# Attr_Expiration_Time = 0, as README.md says: ganesha otherwise trusts what
-# it cached of a directory and of a replaced file's old version (which
-# still answers while open, as on a local file system) for 60 s, and a
-# fresh NFSv3 lookup gets the old version.
-EXPORT_CONF = """\
-EXPORT {{
-    Export_Id = {id};
-    Path = {path};
-    Pseudo = {pseudo};
-    Filesystem_id = {id}.{id};
-    Access_Type = RO;
-    Squash = None;
-    SecType = sys;
-    Protocols = 3, 4;
-    Transports = TCP;
-    Attr_Expiration_Time = 0;
-    FSAL {{ Name = VFS;{fsid} }}
-}}
-"""
-
-
-class Server:
-    """rpcbind + ganesha in a network namespace of their own (loopback only)."""
-
-    def __init__(self, base):
-        self.base = base
-        # tests/e2e/run removes those of processes that are gone
-        self.netns = "ckptfs-nfs-%d-%d" % (os.getpid(), next(_names))
-        self.exports = []       # (path, pseudo, fsid_type)
-        self.holder = self.rpcbind = self.ganesha = None
-        self.procs = []
-        self.log = os.path.join(base, "ganesha.log")
-        self.conf = os.path.join(base, "ganesha.conf")
-        self.export_conf = os.path.join(base, "exports.conf")
-
-    # -- namespaces
-    def create(self):
-        _run(["ip", "netns", "add", self.netns])
-        self.netns_made = True
-        _run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
-        links = _run(["ip", "-n", self.netns, "-o", "link", "show"]).stdout.decode()
-        assert [ln.split(":")[1].strip() for ln in links.splitlines()] == ["lo"], links
-        self.holder = subprocess.Popen(
-            ORPHAN_KILL + ["nsenter", "--net=/run/netns/" + self.netns, "unshare", "--mount",
-             "--propagation", "slave", "--", "sh", "-c",
-             "mount -t tmpfs -o mode=0755 tmpfs /run && echo ready && exec sleep infinity"],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.procs.append(self.holder)
-        if self.holder.stdout.readline().strip() != b"ready":
-            pytest.fail("could not make the server's mount namespace")
-
-    def enter(self, net_only=False):
-        ns = ["--net"] if net_only else ["--net", "--mount"]
-        return ORPHAN_KILL + ["nsenter", "-t", str(self.holder.pid)] + ns
-
-    # -- exports
-    def add_export(self, path, pseudo, fsid_type="Major64"):
-        self.exports.append((path, pseudo, fsid_type))
-
-    def _write_exports(self, exports):
-        with open(self.export_conf, "w") as f:
-            for i, (path, pseudo, fsid) in enumerate(exports, 1):
-                f.write(EXPORT_CONF.format(id=i, path=path, pseudo=pseudo,
-                                           fsid=" fsid_type = %s;" % fsid if fsid else ""))
-
-    def reexport(self):
-        """Drop every export and add it again (SIGHUP twice): what the
-        administrator does by hand after an old-style daemon restart."""
-        for exports in ([], self.exports):
-            self._write_exports(exports)
-            n = self._count("Reread exports complete")
-            self.ganesha.send_signal(signal.SIGHUP)
-            self._wait_log(lambda: self._count("Reread exports complete") > n, "reload")
-
-    # -- processes
-    def start(self):
-        if not self.rpcbind:
-            sock = "/proc/%d/root/run/rpcbind.sock" % self.holder.pid
-            self.rpcbind = self._spawn(self.enter() + ["rpcbind", "-f"], "rpcbind.log")
-            self._wait(lambda: os.path.exists(sock), "rpcbind")
-        os.makedirs(os.path.join(self.base, "recov"), exist_ok=True)
-        with open(self.conf, "w") as f:
-            f.write(CORE_CONF.format(recov=os.path.join(self.base, "recov"),
-                                     exports=self.export_conf))
-        self._write_exports(self.exports)
-        self.starts = self._count("NFS SERVER INITIALIZED")
-        self.ganesha = self._spawn(self.enter() + [
-            "ganesha.nfsd", "-F", "-f", self.conf, "-L", self.log,
-            "-p", os.path.join(self.base, "ganesha.pid")], "ganesha.out")
-        self._wait_log(lambda: self._count("NFS SERVER INITIALIZED") > self.starts, "start")
-        errors = [ln for ln in self._lines() if re.search(r"Could not create export|"
-                                                         r"Errors processing block", ln)]
-        if errors:
-            pytest.fail("ganesha refused an export:\n" + "\n".join(errors))
-
-    def stop_ganesha(self):
-        if self.ganesha and self.ganesha.poll() is None:
-            self.ganesha.terminate()
-            try:
-                self.ganesha.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.ganesha.kill()
-                self.ganesha.wait()
-        self.ganesha = None
-
-    def restart_ganesha(self):
-        self.stop_ganesha()
-        self.start()
-
-    def destroy(self):
-        self.stop_ganesha()
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-            if p.stdout:
-                p.stdout.close()
-        if getattr(self, "netns_made", False):
-            subprocess.run(["ip", "netns", "del", self.netns])
-
-    def _spawn(self, args, logname):
-        out = open(os.path.join(self.base, logname), "ab")
-        p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
-        out.close()
-        self.procs.append(p)
-        return p
-
-    def _lines(self):
-        try:
-            with open(self.log, errors="replace") as f:
-                return f.read().splitlines()
-        except FileNotFoundError:
-            return []
-
-    def _count(self, what):
-        return sum(what in ln for ln in self._lines())
-
-    def _wait(self, cond, what):
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not cond():
-            if time.monotonic() > deadline:
-                pytest.fail("%s not ready after %ss" % (what, READY_TIMEOUT))
-            time.sleep(0.05)
-
-    def _wait_log(self, cond, what):
-        def ready():
-            if self.ganesha.poll() is not None:
-                bad = [ln for ln in self._lines() if re.search(r"CRIT|FATAL|MAJ", ln)]
-                pytest.fail("ganesha exited (%s) during %s:\n%s"
-                            % (self.ganesha.returncode, what, "\n".join(bad[-20:])))
-            return cond()
-        self._wait(ready, "ganesha " + what)
-
-    # -- clients
-    def url(self, path, version):
-        return "nfs://%s%s%s" % (SERVER, path, "?version=4" if version == 4 else "")
-
-    def ls(self, path, version):
-        """Relative paths below `path`, recursively, from nfs-ls -R."""
-        r = _run(self.enter(True) + ["nfs-ls", "-R", self.url(path, version)])
-        return sorted(ln.split(None, 5)[5] for ln in r.stdout.decode().splitlines() if ln.strip())
-
+class Server(nfsserver.Server):
     def cat(self, path, version, check=True):
-        """The bytes of a fresh lookup and read by nfs-cat; (rc, bytes) if
-        not check. nfs-cat retries a failing READ without end: rc -1 is
-        a timeout."""
-        if check:
-            return _run(self.enter(True) + ["nfs-cat", self.url(path, version)]).stdout
-        try:
-            r = _run(self.enter(True) + ["nfs-cat", self.url(path, version)], check=False,
-                     timeout=CAT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            return (-1, b"")
-        return (r.returncode, r.stdout)
+        return super().cat(path, version, timeout=CLIENT_TIMEOUT if check else CAT_TIMEOUT,
+                           check=check)
 
     def holder_client(self, nfsclient, export, version, files):
         return HeldFiles(self.enter(True) + [nfsclient, self.url(export, version)] + files,
@@ -351,16 +124,13 @@ def shared_tmp(tmp_path):
     """tmp_path as a shared mount: mounts below it reach the server later."""
     base = str(tmp_path)
     _require()
-    _run(["mount", "--bind", base, base])
+    nfsserver.shared_dir(base)
     try:
-        _run(["mount", "--make-shared", base])
         yield base
     finally:
         for mp in reversed(_mounts_below(base)):
             force_unmount(mp)
-        subprocess.run(["umount", base])
-        if mounted_at(base):
-            subprocess.run(["umount", "-l", base])
+        nfsserver.unshare_dir(base)
 
 
 def _mounts_below(base):
@@ -446,9 +216,10 @@ def _assert_state_dict(got, want):
 # --------------------------------------------------------------------------
 # tests
 
+@pytest.mark.parametrize("opts", [(), ("direct_io",)], ids=["cached", "direct_io"])
 @pytest.mark.parametrize("version", [3, 4])
-def test_listing_and_sha256(server, mount_factory, version):
-    m = mount_factory(_make_source(server.base))
+def test_listing_and_sha256(server, mount_factory, version, opts):
+    m = mount_factory(_make_source(server.base), opts)
     server.add_export(m.mnt, "/ckpt")
     server.start()
     tree = _local_tree(m.mnt)

@@ -4,35 +4,15 @@ small records through the view's page cache; either way every view maps
 shared (FUSE_DIRECT_IO_ALLOW_MMAP, asked for past libfuse 3.14), also after
 a restart, and reads the same bytes through read() and mmap."""
 
-import ctypes
 import mmap
 import os
-import struct
 
 import pytest
 import torch
 
 import ckref
 import stref
-from conftest import read_bytes, run_cli
-
-SYS_CACHESTAT = 451  # x86_64, Linux 6.5+
-
-
-def cached_pages(path):
-    """Pages of path's own page cache (cachestat: no mmap, which would drop
-    a directly read file's pages first)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    rng = struct.pack("QQ", 0, 0)            # offset 0, length 0: the whole file
-    out = ctypes.create_string_buffer(40)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.syscall(SYS_CACHESTAT, fd, rng, out, 0):
-            pytest.skip("cachestat: %s" % os.strerror(ctypes.get_errno()))
-    finally:
-        os.close(fd)
-    return struct.unpack("5Q", out.raw)[0]
-
+from conftest import cached_pages, read_bytes, run_cli
 
 def _sources(src):
     big = {"module.w%d" % i: torch.randn(1 << 19) for i in range(4)}       # 2 MiB records
