@@ -236,11 +236,17 @@ class Mount:
         problems = []
         if self.proc is None:
             return problems
-        if mounted_at(self.mnt):
+        for attempt in range(4):  # another process walking a path through the mount makes it busy a moment
+            if not mounted_at(self.mnt):
+                break
             r = subprocess.run(["fusermount3", "-u", self.mnt], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, timeout=30)
-            if r.returncode != 0:
+            if r.returncode == 0:
+                break
+            if attempt == 3 or b"busy" not in r.stdout:
                 problems.append("fusermount3 -u: %s" % r.stdout.decode(errors="replace").strip())
+                break
+            time.sleep(0.5)
         try:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
