@@ -28,6 +28,11 @@ fail:
 	return -1;
 }
 
+int ck_buf_reserve(struct ck_buf *b, size_t n)
+{
+	return grow(b, n);
+}
+
 void ck_buf_append(struct ck_buf *b, const void *p, size_t n)
 {
 	if (n == 0 || grow(b, n))

@@ -46,6 +46,7 @@ uint64_t ck_pickle_rewrite_memory(const uint8_t *in, size_t n);
  * e set; *short_input tells the bytes ended before STOP. */
 size_t ck_pickle_span(const uint8_t *in, size_t n, bool *short_input, struct ck_err *e);
 
+/* The new pickle is appended to out (which may hold bytes already). */
 enum ck_pickle_result ck_pickle_rewrite(const uint8_t *in, size_t n, const struct ck_view *v,
 					struct ck_buf *out, struct ck_err *e);
 

@@ -99,11 +99,12 @@ static void emit_op(struct emitter *em, uint32_t op, const struct ren *r, const 
 int pk_emit(struct machine *m, const struct plan *p, struct ck_buf *out)
 {
 	struct emitter em = {.m = m, .p = p, .out = out};
+	size_t base = out->len; /* the pickle is appended to what out holds */
 	uint32_t f = 0;
 
 	if (VEC_RESERVE(em.slot, m->memo.cap + 1ull))
 		return ck_err_nomem(m->e);
-	while ((em.r < p->ren.n || f < m->refs.n) && out->len <= p->max_out) {
+	while ((em.r < p->ren.n || f < m->refs.n) && out->len - base <= p->max_out) {
 		uint32_t op = em.r < p->ren.n ? p->ren.v[em.r].op : UINT32_MAX;
 		const struct ren *rh = NULL;
 		const struct ref *fh = NULL;
@@ -116,12 +117,12 @@ int pk_emit(struct machine *m, const struct plan *p, struct ck_buf *out)
 			fh = &m->refs.v[f++];
 		emit_op(&em, op, rh, fh);
 	}
-	if (out->len <= p->max_out) /* else stopped where it went past */
+	if (out->len - base <= p->max_out) /* else stopped where it went past */
 		ck_buf_append(out, m->in + em.from, m->n - em.from);
 	VEC_FREE(em.slot);
 	if (out->failed)
 		return ck_err_nomem(m->e);
-	if (out->len > p->max_out)
+	if (out->len - base > p->max_out)
 		return ck_err_set(m->e, EIO,
 				  "pickle offset %zu: the view's pickle would be larger than %llu bytes (twice the "
 				  "source's + 1 MiB + the renamed keys): a string copied over and over",

@@ -451,52 +451,76 @@ static void put_zip64_extra(struct ck_buf *b, bool sizes, uint64_t usize, uint64
 		ck_buf_u64le(b, lho);
 }
 
+static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8); }
+static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)v), put16(p + 2, (uint16_t)(v >> 16)); }
+
+/* The length of the extras put_central keeps: all but zip64, whose field
+ * it writes anew. */
+static size_t kept_extra_len(const struct entry *x)
+{
+	size_t p = 0, kept = 0;
+
+	while (p + 4 <= x->extra_len && p + 4u + ck_le16(x->extra + p + 2) <= x->extra_len) {
+		size_t flen = 4u + ck_le16(x->extra + p + 2);
+		if (ck_le16(x->extra + p) != EXTRA_ZIP64)
+			kept += flen;
+		p += flen;
+	}
+	return kept;
+}
+
 /* One central directory entry, from the source's with new values; extras
- * other than zip64 are kept. */
+ * other than zip64 are kept. The fixed part is put together in place: the
+ * directory of a 20,000-tensor checkpoint is 20,000 of them. */
 static void put_central(struct ck_buf *b, const struct entry *x, uint16_t needed, uint16_t flags, uint16_t method,
 			uint32_t crc, uint64_t usize, uint64_t csize, uint64_t lho)
 {
 	bool sizes = needs64(usize) || needs64(csize), off = needs64(lho);
-	struct ck_buf extra = {0};
-	size_t p = 0;
+	size_t zlen = sizes || off ? 4u + (sizes ? 16u : 0u) + (off ? 8u : 0u) : 0;
+	size_t extra_len = zlen + kept_extra_len(x), p = 0;
+	uint8_t h[CENTRAL_LEN];
 
-	put_zip64_extra(&extra, sizes, usize, csize, off, lho);
-	while (p + 4 <= x->extra_len && p + 4u + ck_le16(x->extra + p + 2) <= x->extra_len) {
-		size_t flen = 4u + ck_le16(x->extra + p + 2);
-		if (ck_le16(x->extra + p) != EXTRA_ZIP64)
-			ck_buf_append(&extra, x->extra + p, flen);
-		p += flen;
-	}
-	ck_buf_append(b, x->hdr, 6);           /* signature, made by */
-	ck_buf_u16le(b, needed);
-	ck_buf_u16le(b, flags);
-	ck_buf_u16le(b, method);
-	ck_buf_append(b, x->hdr + 12, 4);      /* time, date */
-	ck_buf_u32le(b, crc);
-	ck_buf_u32le(b, sizes ? U32_MAX_FIELD : (uint32_t)csize);
-	ck_buf_u32le(b, sizes ? U32_MAX_FIELD : (uint32_t)usize);
-	ck_buf_u16le(b, x->name_len);
-	ck_buf_u16le(b, (uint16_t)(extra.len <= 0xFFFF ? extra.len : 0));
-	ck_buf_u16le(b, x->comment_len);
-	ck_buf_append(b, x->hdr + 34, 8);      /* disk, internal and external attributes */
-	ck_buf_u32le(b, field32(lho));
+	memcpy(h, x->hdr, 6);                  /* signature, made by */
+	put16(h + 6, needed);
+	put16(h + 8, flags);
+	put16(h + 10, method);
+	memcpy(h + 12, x->hdr + 12, 4);        /* time, date */
+	put32(h + 16, crc);
+	put32(h + 20, sizes ? U32_MAX_FIELD : (uint32_t)csize);
+	put32(h + 24, sizes ? U32_MAX_FIELD : (uint32_t)usize);
+	put16(h + 28, x->name_len);
+	put16(h + 30, (uint16_t)(extra_len <= 0xFFFF ? extra_len : 0));
+	put16(h + 32, x->comment_len);
+	memcpy(h + 34, x->hdr + 34, 8);        /* disk, internal and external attributes */
+	put32(h + 42, field32(lho));
+	ck_buf_append(b, h, sizeof(h));
 	ck_buf_append(b, x->name, x->name_len);
-	if (extra.len <= 0xFFFF)
-		ck_buf_append(b, extra.data, extra.len);
+	if (extra_len <= 0xFFFF) {
+		put_zip64_extra(b, sizes, usize, csize, off, lho);
+		while (p + 4 <= x->extra_len && p + 4u + ck_le16(x->extra + p + 2) <= x->extra_len) {
+			size_t flen = 4u + ck_le16(x->extra + p + 2);
+			if (ck_le16(x->extra + p) != EXTRA_ZIP64)
+				ck_buf_append(b, x->extra + p, flen);
+			p += flen;
+		}
+	}
 	ck_buf_append(b, x->comment, x->comment_len);
-	if (extra.failed)
-		b->failed = 1;
-	ck_buf_free(&extra);
 }
 
 /* The zip version a stored record needs: 4.5 with zip64 fields. */
 static uint16_t pickle_needed(bool z64) { return z64 ? 45 : 0; }
 
+/* The most bytes put_pickle_head writes for entry x. */
+static size_t pickle_head_max(const struct entry *x)
+{
+	return LOCAL_LEN + x->name_len + 28u + 4u + SHIFT_UNIT - 1u;
+}
+
 /* data.pkl's new record as torch's writer lays it out (stored, descriptor,
  * FB padding), with a pad that makes the record end at `end_mod` modulo
- * SHIFT_UNIT so that every later record keeps its page offset. */
-static void put_pickle_record(struct ck_buf *b, const struct entry *x, uint64_t lho, const uint8_t *pkl,
-			      uint64_t len, uint32_t crc, uint64_t end_mod)
+ * SHIFT_UNIT so that every later record keeps its page offset. The head
+ * is all that precedes the pickle's len bytes, the tail the descriptor. */
+static void put_pickle_head(struct ck_buf *b, const struct entry *x, uint64_t lho, uint64_t len, uint64_t end_mod)
 {
 	bool sizes = needs64(len), off = needs64(lho), z64 = sizes || off;
 	uint64_t zlen = z64 ? 4u + (sizes ? 16u : 0u) + (off ? 8u : 0u) : 0;
@@ -518,10 +542,13 @@ static void put_pickle_record(struct ck_buf *b, const struct entry *x, uint64_t 
 	ck_buf_u16le(b, EXTRA_PAD);
 	ck_buf_u16le(b, pad);
 	ck_buf_fill(b, 'Z', pad);
-	ck_buf_append(b, pkl, len);
+}
+
+static void put_pickle_tail(struct ck_buf *b, uint64_t lho, uint64_t len, uint32_t crc)
+{
 	ck_buf_u32le(b, SIG_DESCRIPTOR);
 	ck_buf_u32le(b, crc);
-	if (z64) {
+	if (needs64(len) || needs64(lho)) {
 		ck_buf_u64le(b, len);
 		ck_buf_u64le(b, len);
 	} else {
@@ -559,44 +586,53 @@ static void put_end_records(struct ck_buf *b, uint64_t n, uint64_t cd_off, uint6
 	ck_buf_append(b, comment, comment_len);
 }
 
-static int relayout(struct archive *a, const struct entry *pkl_ent, const struct ck_buf *pkl, uint64_t old_end,
-		    struct ck_layout **out)
+/* Lays the view out around the new pickle, which the rewriter wrote into
+ * lb's memory at `room`, after pickle_head_max(pkl_ent) bytes left for its
+ * record's head: the head goes right before it, then the descriptor and
+ * the new central directory follow, and nothing is copied. */
+static int relayout(struct archive *a, const struct entry *pkl_ent, struct ck_layout_builder *lb, size_t room,
+		    uint64_t old_end, struct ck_layout **out)
 {
-	struct ck_layout_builder lb = {0};
-	struct ck_buf rec = {0}, cd = {0};
+	struct ck_buf head = {0};
+	struct ck_buf *mem = &lb->mem;
+	uint64_t len = mem->len - room, cd_off, cd_at, rec_len, rec_at;
 	uint32_t crc = (uint32_t)crc32(0L, Z_NULL, 0);
-	uint64_t new_end, cd_off;
 	int64_t shift;
 
-	for (size_t done = 0; done < pkl->len;) { /* crc32's length is an uInt */
-		size_t k = pkl->len - done < (1u << 30) ? pkl->len - done : (1u << 30);
-		crc = (uint32_t)crc32(crc, pkl->data + done, (uInt)k);
+	for (size_t done = 0; done < len;) { /* crc32's length is an uInt */
+		size_t k = len - done < (1u << 30) ? len - done : (1u << 30);
+		crc = (uint32_t)crc32(crc, mem->data + room + done, (uInt)k);
 		done += k;
 	}
-	put_pickle_record(&rec, pkl_ent, pkl_ent->lho, pkl->data, pkl->len, crc, old_end % SHIFT_UNIT);
-	new_end = pkl_ent->lho + rec.len;
-	shift = (int64_t)(new_end - old_end);
+	put_pickle_head(&head, pkl_ent, pkl_ent->lho, len, old_end % SHIFT_UNIT);
+	if (head.failed) {
+		ck_layout_builder_free(lb);
+		return ck_err_nomem(a->e);
+	}
+	rec_at = room - head.len;
+	memcpy(mem->data + rec_at, head.data, head.len);
+	ck_buf_free(&head);
+	put_pickle_tail(mem, pkl_ent->lho, len, crc);
+	rec_len = mem->len - rec_at;
+	shift = (int64_t)(pkl_ent->lho + rec_len - old_end);
 	cd_off = a->cd_off + (uint64_t)shift;
+	cd_at = mem->len;
 	for (size_t i = 0; i < a->n; i++) {
 		const struct entry *x = &a->ents[i];
 		if (x == pkl_ent)
-			put_central(&cd, x, pickle_needed(needs64(pkl->len) || needs64(x->lho)), 0x0808, 0, crc,
-				    pkl->len, pkl->len, x->lho);
+			put_central(mem, x, pickle_needed(needs64(len) || needs64(x->lho)), 0x0808, 0, crc, len, len,
+				    x->lho);
 		else
-			put_central(&cd, x, ck_le16(x->hdr + 6), ck_le16(x->hdr + 8), ck_le16(x->hdr + 10),
+			put_central(mem, x, ck_le16(x->hdr + 6), ck_le16(x->hdr + 8), ck_le16(x->hdr + 10),
 				    ck_le32(x->hdr + 16), x->usize, x->csize,
 				    x->lho > pkl_ent->lho ? x->lho + (uint64_t)shift : x->lho);
 	}
-	put_end_records(&cd, a->n, cd_off, cd.len, a->comment, a->comment_len);
-	ck_layout_add_src(&lb, 0, pkl_ent->lho);
-	ck_layout_add_mem(&lb, rec.data, rec.len);
-	ck_layout_add_src(&lb, old_end, a->cd_off - old_end);
-	ck_layout_add_mem(&lb, cd.data, cd.len);
-	if (rec.failed || cd.failed)
-		lb.failed = 1;
-	ck_buf_free(&rec);
-	ck_buf_free(&cd);
-	*out = ck_layout_finish(&lb, a->e);
+	put_end_records(mem, a->n, cd_off, mem->len - cd_at, a->comment, a->comment_len);
+	ck_layout_add_src(lb, 0, pkl_ent->lho);
+	ck_layout_add_mem_at(lb, rec_at, rec_len);
+	ck_layout_add_src(lb, old_end, a->cd_off - old_end);
+	ck_layout_add_mem_at(lb, cd_at, mem->len - cd_at);
+	*out = ck_layout_finish(lb, a->e);
 	return *out ? 0 : -1;
 }
 
@@ -664,9 +700,10 @@ int ck_torchzip_layout(const struct ck_src *src, void *st, const struct ck_view 
 	struct zip_state *z = st;
 	struct archive *a = &z->a;
 	const struct entry *pkl_ent = NULL;
-	struct ck_buf pkl = {0};
+	struct ck_layout_builder lb = {0};
 	uint8_t *orig = NULL;
 	uint64_t data_end = 0, old_end = 0;
+	size_t room;
 	int rc = -1;
 
 	*out = NULL;
@@ -676,7 +713,14 @@ int ck_torchzip_layout(const struct ck_src *src, void *st, const struct ck_view 
 		pickle_context(a, pkl_ent, data_end);
 		goto out;
 	}
-	switch (ck_pickle_rewrite(orig, pkl_ent->usize, v, &pkl, e)) {
+	/* The pickle is written where the view's memory holds it, after room
+	 * for its record's head; the directory follows it (about as large as
+	 * the source's), so that growing copies nothing in the common case. */
+	room = pickle_head_max(pkl_ent);
+	if (ck_buf_reserve(&lb.mem, room + pkl_ent->usize + pkl_ent->usize / 8 + a->cd_size + SHIFT_UNIT))
+		goto nomem;
+	ck_buf_fill(&lb.mem, 0, room);
+	switch (ck_pickle_rewrite(orig, pkl_ent->usize, v, &lb.mem, e)) {
 	case CK_PICKLE_ERROR:
 		pickle_context(a, pkl_ent, data_end);
 		goto out;
@@ -684,11 +728,14 @@ int ck_torchzip_layout(const struct ck_src *src, void *st, const struct ck_view 
 		rc = 0;
 		goto out;
 	case CK_PICKLE_REWRITTEN:
-		rc = relayout(a, pkl_ent, &pkl, old_end, out);
+		rc = relayout(a, pkl_ent, &lb, room, old_end, out);
 	}
+	goto out;
+nomem:
+	rc = ck_err_nomem(e);
 out:
 	free(orig);
-	ck_buf_free(&pkl);
+	ck_layout_builder_free(&lb);
 	return rc;
 }
 
