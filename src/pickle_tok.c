@@ -79,6 +79,23 @@ static size_t op_length(const uint8_t *in, size_t n, size_t p, bool *known)
 	return 1 + (size_t)len;
 }
 
+/* The length of the op at p when its opcode says it without a search: a
+ * fixed size or a length prefix (0: a line op or unknown, for op_length).
+ * The ops of a state dict are nearly all of these. */
+static inline uint64_t quick_length(const uint8_t *in, size_t n, size_t p)
+{
+	static const uint8_t fixed[] = {[A_NONE] = 1, [A_U8] = 2, [A_U16] = 3, [A_U32] = 5, [A_U64] = 9, [A_F8] = 9};
+	uint8_t a = pk_op_arg[in[p]];
+
+	if (a != A_UNKNOWN && a <= A_F8)
+		return fixed[a];
+	if (a == A_STR1 && n - p >= 2)
+		return 2u + (uint64_t)in[p + 1];
+	if (a == A_STR4 && n - p >= 5)
+		return 5u + (uint64_t)ck_le32(in + p + 1);
+	return 0;
+}
+
 /* Walks the opcodes to STOP, counting them when `count`. Returns the
  * pickle's length, or 0 with e set; *short_input tells the input ended
  * before STOP (a caller reading a prefix of a file may read more). */
@@ -92,15 +109,18 @@ size_t pk_scan(struct machine *m, bool count, bool *short_input)
 		return 0;
 	}
 	for (;;) {
-		bool known;
-		size_t len;
+		bool known = true;
+		uint64_t len;
 
 		if (p >= m->n) {
 			*short_input = true;
 			ck_err_set(m->e, EIO, "pickle offset %zu: ends without STOP", p);
 			return 0;
 		}
-		len = op_length(m->in, m->n, p, &known);
+		if (!(len = quick_length(m->in, m->n, p)))
+			len = op_length(m->in, m->n, p, &known);
+		else if (len > m->n - p)
+			len = 0;
 		if (!known) {
 			ck_err_set(m->e, EIO, "pickle offset %zu: unknown opcode 0x%02x", p, m->in[p]);
 			return 0;
@@ -119,7 +139,7 @@ size_t pk_scan(struct machine *m, bool count, bool *short_input)
 			}
 			m->nops++;
 		}
-		p += len;
+		p += (size_t)len;
 		if (m->in[p - len] == '.')
 			return p;
 	}

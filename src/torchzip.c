@@ -204,10 +204,14 @@ static int read_central(struct archive *a, uint64_t n_entries)
 {
 	uint64_t p = 0;
 
-	if (!(a->cd = malloc(a->cd_size ? a->cd_size : 1)) || !(a->ents = calloc(n_entries ? n_entries : 1, sizeof(*a->ents))))
+	if (!(a->ents = calloc(n_entries ? n_entries : 1, sizeof(*a->ents))))
 		return ck_err_nomem(a->e);
-	if (ck_src_read(a->src, a->cd, a->cd_size, a->cd_off, a->e))
-		return -1;
+	if (!a->cd) { /* classify read it a window at a time */
+		if (!(a->cd = malloc(a->cd_size ? a->cd_size : 1)))
+			return ck_err_nomem(a->e);
+		if (ck_src_read(a->src, a->cd, a->cd_size, a->cd_off, a->e))
+			return -1;
+	}
 	for (a->n = 0; a->n < n_entries; a->n++) {
 		struct entry *x = &a->ents[a->n];
 		uint64_t at = a->cd_off + p;
@@ -288,23 +292,34 @@ static int see_name(struct names *nm, const uint8_t *name, size_t nl, struct ck_
 }
 
 #define NAME_WINDOW ((size_t)256 << 10) /* holds any one entry: 46 + 3 * 65535 bytes */
+#define CD_KEEP ((uint64_t)4 << 20)       /* a directory up to this size is read once, whole */
 
-/* What kind of zip this is, from the entry names alone, reading the central
- * directory a window at a time: an ordinary zip (a large directory, entries
- * torch would refuse) is classified, never refused. */
+static uint64_t central_len(const uint8_t *h)
+{
+	return (uint64_t)CENTRAL_LEN + ck_le16(h + 28) + ck_le16(h + 30) + ck_le16(h + 32);
+}
+
+/* What kind of zip this is, from the entry names alone. A directory up to
+ * CD_KEEP is read whole and kept for the checkpoint's steps; a larger one
+ * a window at a time: an ordinary zip (a large directory, entries torch
+ * would refuse) is classified, never refused. */
 static int classify(struct archive *a, uint64_t n_entries, enum ck_format *kind, size_t *dl)
 {
 	struct names nm = {0};
-	uint8_t *w = malloc(NAME_WINDOW);
+	bool whole = a->cd_size <= CD_KEEP;
+	uint8_t *w = malloc(whole ? (a->cd_size ? a->cd_size : 1) : NAME_WINDOW);
 	uint64_t p = 0, wp = 0, wl = 0, k = 0;
 	int rc = -1;
 
 	if (!w)
 		return ck_err_nomem(a->e);
+	if (whole)
+		a->cd = w;
 	for (; k < n_entries && (k == 0 || nm.torch_like); k++) {
-		if (wl == 0 || (p + CENTRAL_LEN + 3u * 0xFFFF > wp + wl && wp + wl < a->cd_size)) {
+		uint64_t have = wp + wl - p;
+		if ((wl == 0 || have < CENTRAL_LEN || have < central_len(w + (p - wp))) && wp + wl < a->cd_size) {
 			wp = p;
-			wl = a->cd_size - p < NAME_WINDOW ? a->cd_size - p : NAME_WINDOW;
+			wl = a->cd_size - p < NAME_WINDOW || whole ? a->cd_size - p : NAME_WINDOW;
 			if (ck_src_read(a->src, w, wl, a->cd_off + wp, a->e))
 				goto out;
 		}
@@ -313,7 +328,7 @@ static int classify(struct archive *a, uint64_t n_entries, enum ck_format *kind,
 			rc = bad(a, a->cd_off + p, "central directory entry signature missing");
 			goto out;
 		}
-		uint64_t len = (uint64_t)CENTRAL_LEN + ck_le16(h + 28) + ck_le16(h + 30) + ck_le16(h + 32);
+		uint64_t len = central_len(h);
 		if (len > wp + wl - p) {
 			rc = bad(a, a->cd_off + p, "central directory entry runs past the directory");
 			goto out;
@@ -334,7 +349,8 @@ static int classify(struct archive *a, uint64_t n_entries, enum ck_format *kind,
 	rc = 0;
 out:
 	free(nm.dir);
-	free(w);
+	if (!whole)
+		free(w);
 	return rc;
 }
 
