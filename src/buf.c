@@ -2,6 +2,13 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+#define PREFAULT_MIN ((size_t)64 << 10)
+#define PAGE ((uintptr_t)4096)
 
 static int grow(struct ck_buf *b, size_t n)
 {
@@ -76,4 +83,12 @@ void ck_buf_free(struct ck_buf *b)
 {
 	free(b->data);
 	memset(b, 0, sizeof(*b));
+}
+
+void ck_prefault(void *p, size_t n)
+{
+	uintptr_t from = ((uintptr_t)p + PAGE - 1) & ~(PAGE - 1), to = ((uintptr_t)p + n) & ~(PAGE - 1);
+
+	if (n >= PREFAULT_MIN && to > from)
+		(void)madvise((void *)from, to - from, MADV_POPULATE_WRITE);
 }

@@ -206,9 +206,11 @@ static int read_central(struct archive *a, uint64_t n_entries)
 
 	if (!(a->ents = calloc(n_entries ? n_entries : 1, sizeof(*a->ents))))
 		return ck_err_nomem(a->e);
+	ck_prefault(a->ents, n_entries * sizeof(*a->ents));
 	if (!a->cd) { /* classify read it a window at a time */
 		if (!(a->cd = malloc(a->cd_size ? a->cd_size : 1)))
 			return ck_err_nomem(a->e);
+		ck_prefault(a->cd, a->cd_size);
 		if (ck_src_read(a->src, a->cd, a->cd_size, a->cd_off, a->e))
 			return -1;
 	}
@@ -313,6 +315,7 @@ static int classify(struct archive *a, uint64_t n_entries, enum ck_format *kind,
 
 	if (!w)
 		return ck_err_nomem(a->e);
+	ck_prefault(w, whole ? a->cd_size : NAME_WINDOW);
 	if (whole)
 		a->cd = w;
 	for (; k < n_entries && (k == 0 || nm.torch_like); k++) {
@@ -434,6 +437,8 @@ static int read_pickle(struct archive *a, const struct entry *x, uint8_t **pkl, 
 				      (unsigned long long)x->usize);
 	if (!(*pkl = malloc(x->usize ? x->usize : 1)) || (method == 8 && !(raw = malloc(x->csize ? x->csize : 1))))
 		goto nomem;
+	ck_prefault(*pkl, x->usize);
+	ck_prefault(raw, x->csize);
 	if (ck_src_read(a->src, method == 8 ? raw : *pkl, x->csize, data, a->e))
 		goto out;
 	if (method == 8 && inflate_exact(a, raw, x->csize, *pkl, x->usize, data))
@@ -735,6 +740,7 @@ int ck_torchzip_layout(const struct ck_src *src, void *st, const struct ck_view 
 	room = pickle_head_max(pkl_ent);
 	if (ck_buf_reserve(&lb.mem, room + pkl_ent->usize + pkl_ent->usize / 8 + a->cd_size + SHIFT_UNIT))
 		goto nomem;
+	ck_prefault(lb.mem.data, lb.mem.cap);
 	ck_buf_fill(&lb.mem, 0, room);
 	switch (ck_pickle_rewrite(orig, pkl_ent->usize, v, &lb.mem, e)) {
 	case CK_PICKLE_ERROR:
