@@ -37,7 +37,10 @@ fail:
 
 int ck_buf_reserve(struct ck_buf *b, size_t n)
 {
-	return grow(b, n);
+	if (grow(b, n))
+		return -1;
+	ck_prefault(b->data + b->len, n);
+	return 0;
 }
 
 void ck_buf_append(struct ck_buf *b, const void *p, size_t n)

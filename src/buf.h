@@ -18,8 +18,9 @@ void ck_buf_u16le(struct ck_buf *b, uint16_t v);
 void ck_buf_u32le(struct ck_buf *b, uint32_t v);
 void ck_buf_u64le(struct ck_buf *b, uint64_t v);
 void ck_buf_fill(struct ck_buf *b, uint8_t byte, size_t n);
-/* Room for n more bytes, so that a writer of a known size copies nothing
- * when it grows; 0, or -1 (and failed set) when out of memory. */
+/* Room for n more bytes that a writer is about to fill, so that it copies
+ * nothing when it grows, the room's pages made present at once
+ * (ck_prefault); 0, or -1 (and failed set) when out of memory. */
 int ck_buf_reserve(struct ck_buf *b, size_t n);
 void ck_buf_free(struct ck_buf *b);
 

@@ -85,11 +85,7 @@ int ck_legacy_layout(const struct ck_src *src, const struct ck_view *v, struct c
 	*out = NULL;
 	if (object_pickle(src, &off, &buf, &len, e))
 		goto out;
-	if (ck_src_claim(src, ck_pickle_rewrite_memory(buf, len), e)) {
-		ck_err_context(e, "object pickle at file offset %llu: ", (unsigned long long)off);
-		goto out;
-	}
-	switch (ck_pickle_rewrite(buf, len, v, &pkl, e)) {
+	switch (ck_pickle_rewrite_src(src, buf, len, v, &pkl, e)) {
 	case CK_PICKLE_ERROR:
 		ck_err_context(e, "object pickle at file offset %llu: ", (unsigned long long)off);
 		goto out;

@@ -104,6 +104,7 @@ int pk_emit(struct machine *m, const struct plan *p, struct ck_buf *out)
 
 	if (VEC_RESERVE(em.slot, m->memo.cap + 1ull))
 		return ck_err_nomem(m->e);
+	ck_buf_reserve(out, m->n + m->n / 8); /* renames change a pickle's size little */
 	while ((em.r < p->ren.n || f < m->refs.n) && out->len - base <= p->max_out) {
 		uint32_t op = em.r < p->ren.n ? p->ren.v[em.r].op : UINT32_MAX;
 		const struct ren *rh = NULL;

@@ -638,6 +638,8 @@ static int relayout(struct archive *a, const struct entry *pkl_ent, struct ck_la
 	shift = (int64_t)(pkl_ent->lho + rec_len - old_end);
 	cd_off = a->cd_off + (uint64_t)shift;
 	cd_at = mem->len;
+	/* about the source's directory, a bit more where zip64 fields appear */
+	ck_buf_reserve(mem, a->cd_size + a->cd_size / 8 + EOCD64_LEN + LOCATOR64_LEN + EOCD_LEN + a->comment_len);
 	for (size_t i = 0; i < a->n; i++) {
 		const struct entry *x = &a->ents[i];
 		if (x == pkl_ent)
@@ -730,19 +732,13 @@ int ck_torchzip_layout(const struct ck_src *src, void *st, const struct ck_view 
 	*out = NULL;
 	if (load_checkpoint(z, e, &pkl_ent, &orig, &data_end) || record_end(a, pkl_ent, data_end, &old_end))
 		goto out;
-	if (ck_src_claim(src, ck_pickle_rewrite_memory(orig, pkl_ent->usize), e)) {
-		pickle_context(a, pkl_ent, data_end);
-		goto out;
-	}
 	/* The pickle is written where the view's memory holds it, after room
-	 * for its record's head; the directory follows it (about as large as
-	 * the source's), so that growing copies nothing in the common case. */
+	 * for its record's head. */
 	room = pickle_head_max(pkl_ent);
-	if (ck_buf_reserve(&lb.mem, room + pkl_ent->usize + pkl_ent->usize / 8 + a->cd_size + SHIFT_UNIT))
-		goto nomem;
-	ck_prefault(lb.mem.data, lb.mem.cap);
 	ck_buf_fill(&lb.mem, 0, room);
-	switch (ck_pickle_rewrite(orig, pkl_ent->usize, v, &lb.mem, e)) {
+	if (lb.mem.failed)
+		goto nomem;
+	switch (ck_pickle_rewrite_src(src, orig, pkl_ent->usize, v, &lb.mem, e)) {
 	case CK_PICKLE_ERROR:
 		pickle_context(a, pkl_ent, data_end);
 		goto out;
