@@ -686,7 +686,7 @@ static void test_amplification(void)
 	free(key);
 }
 
-/* uthash out of memory: an error for this pickle, not exit() (issue 9). */
+/* The key table out of memory: an error for this pickle, not exit() (issue 9). */
 static void test_hash_oom(void)
 {
 	struct sd_spec ddp = {{"module.0.weight", "module.0.bias"}, {"", "module", "module.0"}, 0};
