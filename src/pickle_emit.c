@@ -49,7 +49,7 @@ static void flush_to(struct emitter *em, uint32_t op, bool skip)
 
 static struct ck_str ren_str(const struct plan *p, uint32_t r) /* r: rename + 1 */
 {
-	return (struct ck_str){p->ren.v[r - 1].s, p->ren.v[r - 1].len};
+	return pk_ren_name(p, &p->ren.v[r - 1]);
 }
 
 /* A memo get or DUP of a string: spelled out when the output holds another
@@ -82,16 +82,16 @@ static void emit_op(struct emitter *em, uint32_t op, const struct ren *r, const 
 		break;
 	case 'h': case 'j': case 'g': case '2':
 		if (f)
-			emit_copy(em, f, r && r->s ? (uint32_t)(r - em->p->ren.v) + 1 : 0);
+			emit_copy(em, f, r && r->named ? (uint32_t)(r - em->p->ren.v) + 1 : 0);
 		break;
 	case 'q': case 'r': case 'p': case 0x94:
 		if (f)
 			em->slot.v[f->b] = pk_renamed(em->p, f->a, em->r);
 		break;
 	default:
-		if (r && r->s) { /* a renamed key literal */
+		if (r && r->named) { /* a renamed key literal */
 			flush_to(em, op, true);
-			emit_str(em->out, r->s, r->len);
+			emit_str(em->out, pk_ren_name(em->p, r).s, r->len);
 		}
 	}
 }

@@ -133,15 +133,22 @@ int pk_report_state_dicts(struct machine *m, uint32_t root, ck_found_fn fn, void
 enum { INS_NONE, INS_IN_BATCH, INS_SETITEM };
 struct ren {
 	uint32_t op, len;
-	char *s;
+	size_t at;    /* the new name: plan.names.data + at, len bytes, if named */
 	uint32_t seq; /* order planned: of two plans for one op, the later holds */
 	uint8_t ins;
+	bool named;
 };
 
 struct plan {
 	VEC(struct ren) ren;
-	uint64_t max_out; /* the output's bound (CK_PICKLE_GROWTH in pickle.h) */
+	struct ck_buf names; /* every new name, one after another: no allocation a key */
+	uint64_t max_out;    /* the output's bound (CK_PICKLE_GROWTH in pickle.h) */
 };
+
+static inline struct ck_str pk_ren_name(const struct plan *p, const struct ren *r)
+{
+	return (struct ck_str){(const char *)p->names.data + r->at, r->len};
+}
 
 int pk_plan(struct machine *m, struct plan *p, const struct ck_view *v);
 void pk_plan_free(struct plan *p);

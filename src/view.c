@@ -75,16 +75,19 @@ static size_t strip(const struct ck_view *v, const char *key, size_t len, int me
 	return at;
 }
 
-/* One allocation a key: the key is cleaned where the new name will stand,
- * after room for the prefix to add; stripping and adding then move only
- * what stays. */
-static char *rename_key(const struct ck_view *v, const char *key, size_t len, int meta, size_t *outlen)
+/* The bytes rename_key may write for a key of len bytes. */
+static size_t rename_room(const struct ck_view *v, size_t len)
+{
+	return (v->add ? strlen(v->add) : 0) + len + 1;
+}
+
+/* Writes the new name, NUL-terminated, to s (rename_room bytes) and returns
+ * its length. The key is cleaned where the new name will stand, after room
+ * for the prefix to add; stripping and adding then move only what stays. */
+static size_t rename_key(const struct ck_view *v, const char *key, size_t len, int meta, char *s)
 {
 	size_t room = v->add ? strlen(v->add) : 0, al = room, kl, at;
-	char *s = malloc(room + len + 1);
 
-	if (!s)
-		return NULL;
 	if (v->clean) {
 		kl = clean(key, len, meta, s + room);
 	} else {
@@ -99,18 +102,37 @@ static char *rename_key(const struct ck_view *v, const char *key, size_t len, in
 	memmove(s + al, s + room + at, kl);
 	memcpy(s, v->add ? v->add : "", al);
 	s[al + kl] = 0;
-	*outlen = al + kl;
+	return al + kl;
+}
+
+static char *rename_alloc(const struct ck_view *v, const char *key, size_t len, int meta, size_t *outlen)
+{
+	char *s = malloc(rename_room(v, len));
+
+	if (s)
+		*outlen = rename_key(v, key, len, meta, s);
 	return s;
 }
 
 char *ck_view_key(const struct ck_view *v, const char *key, size_t len, size_t *outlen)
 {
-	return rename_key(v, key, len, 0, outlen);
+	return rename_alloc(v, key, len, 0, outlen);
 }
 
 char *ck_view_meta_key(const struct ck_view *v, const char *key, size_t len, size_t *outlen)
 {
-	return rename_key(v, key, len, 1, outlen);
+	return rename_alloc(v, key, len, 1, outlen);
+}
+
+size_t ck_view_rename_into(const struct ck_view *v, const char *key, size_t len, bool meta, struct ck_buf *out)
+{
+	size_t n;
+
+	if (ck_buf_reserve(out, rename_room(v, len)))
+		return 0;
+	n = rename_key(v, key, len, meta, (char *)out->data + out->len);
+	out->len += n;
+	return n;
 }
 
 static bool valid_name(const char *s, size_t n)
