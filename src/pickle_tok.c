@@ -101,48 +101,47 @@ static inline uint64_t quick_length(const uint8_t *in, size_t n, size_t p)
  * before STOP (a caller reading a prefix of a file may read more). */
 size_t pk_scan(struct machine *m, bool count, bool *short_input)
 {
-	size_t p = 0;
+	const uint8_t *in = m->in;
+	size_t n = m->n, p = 0;
+	uint32_t nops = m->nops;
 
 	*short_input = false;
-	if (m->n > CK_PICKLE_MAX_BYTES) {
-		ck_err_set(m->e, EFBIG, "pickle of %zu bytes exceeds the %zu-byte limit", m->n, CK_PICKLE_MAX_BYTES);
+	if (n > CK_PICKLE_MAX_BYTES) {
+		ck_err_set(m->e, EFBIG, "pickle of %zu bytes exceeds the %zu-byte limit", n, CK_PICKLE_MAX_BYTES);
 		return 0;
 	}
-	for (;;) {
+	while (p < n) {
+		uint8_t c = in[p];
+		uint64_t len = quick_length(in, n, p);
 		bool known = true;
-		uint64_t len;
 
-		if (p >= m->n) {
-			*short_input = true;
-			ck_err_set(m->e, EIO, "pickle offset %zu: ends without STOP", p);
-			return 0;
-		}
-		if (!(len = quick_length(m->in, m->n, p)))
-			len = op_length(m->in, m->n, p, &known);
-		else if (len > m->n - p)
+		if (!len)
+			len = op_length(in, n, p, &known);
+		else if (len > n - p)
 			len = 0;
 		if (!known) {
-			ck_err_set(m->e, EIO, "pickle offset %zu: unknown opcode 0x%02x", p, m->in[p]);
+			ck_err_set(m->e, EIO, "pickle offset %zu: unknown opcode 0x%02x", p, c);
 			return 0;
 		}
 		if (!len) {
 			*short_input = true;
-			ck_err_set(m->e, EIO, "pickle offset %zu: opcode 0x%02x runs past the end (%zu bytes)", p,
-				   m->in[p], m->n);
+			ck_err_set(m->e, EIO, "pickle offset %zu: opcode 0x%02x runs past the end (%zu bytes)", p, c, n);
 			return 0;
 		}
-		if (count) {
-			if (m->nops == CK_PICKLE_MAX_OPS) {
-				ck_err_set(m->e, EFBIG, "pickle offset %zu: more than %u opcodes, the limit", p,
-					   CK_PICKLE_MAX_OPS);
-				return 0;
-			}
-			m->nops++;
+		if (count && nops++ == CK_PICKLE_MAX_OPS) {
+			ck_err_set(m->e, EFBIG, "pickle offset %zu: more than %u opcodes, the limit", p,
+				   CK_PICKLE_MAX_OPS);
+			return 0;
 		}
 		p += (size_t)len;
-		if (m->in[p - len] == '.')
+		if (c == '.') {
+			m->nops = nops;
 			return p;
+		}
 	}
+	*short_input = true;
+	ck_err_set(m->e, EIO, "pickle offset %zu: ends without STOP", p);
+	return 0;
 }
 
 uint32_t pk_op_len_slow(const struct machine *m, uint32_t op)
