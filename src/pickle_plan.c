@@ -238,6 +238,8 @@ uint32_t pk_renamed(const struct plan *p, uint32_t op, uint32_t hint)
 
 	if (!hint || p->ren.v[hint - 1].op < op)
 		return 0;
+	if (p->ren.v[hint - 1].op == op) /* the most common: the op just planned */
+		return p->ren.v[hint - 1].named ? hint : 0;
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
 		if (p->ren.v[mid].op < op)
