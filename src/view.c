@@ -37,6 +37,10 @@ static size_t clean(const char *key, size_t len, int meta, char *s)
 	size_t n = 0;
 	bool first = true;
 
+	if (!memchr(key, '_', len)) { /* no wrapper in it: most keys */
+		memcpy(s, key, len);
+		return len;
+	}
 	for (size_t at = 0; at <= len;) {
 		const char *dot = memchr(key + at, '.', len - at);
 		size_t cl = dot ? (size_t)(dot - (key + at)) : len - at;
@@ -63,6 +67,8 @@ static size_t strip(const struct ck_view *v, const char *key, size_t len, int me
 	while (again) {
 		again = 0;
 		for (size_t i = 0; i < v->nstrip; i++) {
+			if (at < len && key[at] != v->strip[i][0])
+				continue; /* neither below can match */
 			size_t pl = strlen(v->strip[i]);
 			if (len - at >= pl && memcmp(key + at, v->strip[i], pl) == 0) {
 				at += pl;
