@@ -32,13 +32,14 @@ void pk_free(void *p, size_t n)
 		munmap(p, big_len(n));
 }
 
-/* p (old bytes) resized to n > old bytes, the tail zeroed. */
-static void *big_resize(void *p, size_t old, size_t n)
+/* p (old bytes) resized to n > old bytes, the tail zeroed when `zero` (a
+ * mapping's always is). */
+static void *big_resize(void *p, size_t old, size_t n, bool zero)
 {
 	void *q;
 
 	if (n < BIG_ARRAY) {
-		if ((q = realloc(p, n)))
+		if ((q = realloc(p, n)) && zero)
 			memset((char *)q + old, 0, n - old);
 		return q;
 	}
@@ -58,7 +59,7 @@ static void *big_resize(void *p, size_t old, size_t n)
 	return q;
 }
 
-int pk_grow(void **v, uint32_t *cap, uint64_t want, size_t sz)
+int pk_grow(void **v, uint32_t *cap, uint64_t want, size_t sz, bool zero)
 {
 	uint64_t c = *cap ? *cap : 16;
 	void *p;
@@ -71,7 +72,7 @@ int pk_grow(void **v, uint32_t *cap, uint64_t want, size_t sz)
 		c = UINT32_MAX;
 	if (want > c || c > SIZE_MAX / sz)
 		return -1;
-	if (!(p = big_resize(*v, (size_t)*cap * sz, (size_t)c * sz)))
+	if (!(p = big_resize(*v, (size_t)*cap * sz, (size_t)c * sz, zero)))
 		return -1;
 	*v = p;
 	*cap = (uint32_t)c;

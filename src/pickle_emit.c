@@ -102,7 +102,7 @@ int pk_emit(struct machine *m, const struct plan *p, struct ck_buf *out)
 	size_t base = out->len; /* the pickle is appended to what out holds */
 	uint32_t f = 0;
 
-	if (VEC_RESERVE(em.slot, m->memo.cap + 1ull))
+	if (VEC_RESERVE_ZEROED(em.slot, m->memo.cap + 1ull))
 		return ck_err_nomem(m->e);
 	ck_buf_reserve(out, m->n + m->n / 8); /* renames change a pickle's size little */
 	while ((em.r < p->ren.n || f < m->refs.n) && out->len - base <= p->max_out) {

@@ -261,7 +261,7 @@ static int op_put(struct machine *m, uint32_t op)
 		return pk_fail(m, op, "memo put with an empty stack");
 	if (memo_index(m, op, &idx))
 		return -1;
-	if (VEC_RESERVE(m->memo, idx + 1ull))
+	if (VEC_RESERVE_ZEROED(m->memo, idx + 1ull))
 		return ck_err_nomem(m->e);
 	top = below(m, 1);
 	if (!m->memo.v[idx])
