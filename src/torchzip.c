@@ -207,7 +207,7 @@ static int read_central(struct archive *a, uint64_t n_entries)
 	if (!(a->ents = calloc(n_entries ? n_entries : 1, sizeof(*a->ents))))
 		return ck_err_nomem(a->e);
 	ck_prefault(a->ents, n_entries * sizeof(*a->ents));
-	if (!a->cd) { /* classify read it a window at a time */
+	if (!a->cd) { /* classify did not keep it */
 		if (!(a->cd = malloc(a->cd_size ? a->cd_size : 1)))
 			return ck_err_nomem(a->e);
 		ck_prefault(a->cd, a->cd_size);
@@ -295,37 +295,57 @@ static int see_name(struct names *nm, const uint8_t *name, size_t nl, struct ck_
 }
 
 #define NAME_WINDOW ((size_t)256 << 10) /* holds any one entry: 46 + 3 * 65535 bytes */
-#define CD_KEEP ((uint64_t)4 << 20)       /* a directory up to this size is read once, whole */
+#define CD_KEEP ((uint64_t)4 << 20)       /* a checkpoint's directory up to this is read once, whole */
 
 static uint64_t central_len(const uint8_t *h)
 {
 	return (uint64_t)CENTRAL_LEN + ck_le16(h + 28) + ck_le16(h + 30) + ck_le16(h + 32);
 }
 
-/* What kind of zip this is, from the entry names alone. A directory up to
- * CD_KEEP is read whole and kept for the checkpoint's steps; a larger one
- * a window at a time: an ordinary zip (a large directory, entries torch
- * would refuse) is classified, never refused. */
+/* Reads the directory bytes after the window [0, *wl) too, so that the
+ * window is the whole directory, read once. */
+static int read_rest(struct archive *a, uint8_t **w, uint64_t *wl)
+{
+	uint8_t *all = realloc(*w, a->cd_size);
+
+	if (!all)
+		return ck_err_nomem(a->e);
+	*w = all;
+	ck_prefault(all + *wl, a->cd_size - *wl);
+	if (ck_src_read(a->src, all + *wl, a->cd_size - *wl, a->cd_off + *wl, a->e))
+		return -1;
+	*wl = a->cd_size;
+	return 0;
+}
+
+/* What kind of zip this is, from the entry names alone, reading the central
+ * directory a window at a time: an ordinary zip (a large directory, entries
+ * torch would refuse) is classified, never refused. The directory of what
+ * looks like a checkpoint, up to CD_KEEP, is read whole instead and kept
+ * for the checkpoint's steps. */
 static int classify(struct archive *a, uint64_t n_entries, enum ck_format *kind, size_t *dl)
 {
 	struct names nm = {0};
-	bool whole = a->cd_size <= CD_KEEP;
-	uint8_t *w = malloc(whole ? (a->cd_size ? a->cd_size : 1) : NAME_WINDOW);
 	uint64_t p = 0, wp = 0, wl = 0, k = 0;
+	size_t first = a->cd_size < NAME_WINDOW ? (size_t)a->cd_size : NAME_WINDOW;
+	uint8_t *w = malloc(first ? first : 1);
 	int rc = -1;
 
 	if (!w)
 		return ck_err_nomem(a->e);
-	ck_prefault(w, whole ? a->cd_size : NAME_WINDOW);
-	if (whole)
-		a->cd = w;
+	ck_prefault(w, first);
 	for (; k < n_entries && (k == 0 || nm.torch_like); k++) {
 		uint64_t have = wp + wl - p;
 		if ((wl == 0 || have < CENTRAL_LEN || have < central_len(w + (p - wp))) && wp + wl < a->cd_size) {
-			wp = p;
-			wl = a->cd_size - p < NAME_WINDOW || whole ? a->cd_size - p : NAME_WINDOW;
-			if (ck_src_read(a->src, w, wl, a->cd_off + wp, a->e))
-				goto out;
+			if (wp == 0 && wl && nm.torch_like && a->cd_size <= CD_KEEP) {
+				if (read_rest(a, &w, &wl))
+					goto out;
+			} else {
+				wp = p;
+				wl = a->cd_size - p < NAME_WINDOW ? a->cd_size - p : NAME_WINDOW;
+				if (ck_src_read(a->src, w, wl, a->cd_off + wp, a->e))
+					goto out;
+			}
 		}
 		const uint8_t *h = w + (p - wp);
 		if (wp + wl - p < CENTRAL_LEN || ck_le32(h) != SIG_CENTRAL) {
@@ -353,7 +373,9 @@ static int classify(struct archive *a, uint64_t n_entries, enum ck_format *kind,
 	rc = 0;
 out:
 	free(nm.dir);
-	if (!whole)
+	if (!rc && wp == 0 && wl == a->cd_size)
+		a->cd = w; /* all of it: read_central needs it again */
+	else
 		free(w);
 	return rc;
 }
@@ -476,16 +498,19 @@ static void put_zip64_extra(struct ck_buf *b, bool sizes, uint64_t usize, uint64
 static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8); }
 static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)v), put16(p + 2, (uint16_t)(v >> 16)); }
 
-/* The length of the extras put_central keeps: all but zip64, whose field
- * it writes anew. */
-static size_t kept_extra_len(const struct entry *x)
+/* Appends to b (NULL: only counts) the extras of x that put_central keeps:
+ * all but zip64, whose field it writes anew. Returns their length. */
+static size_t kept_extras(struct ck_buf *b, const struct entry *x)
 {
 	size_t p = 0, kept = 0;
 
 	while (p + 4 <= x->extra_len && p + 4u + ck_le16(x->extra + p + 2) <= x->extra_len) {
 		size_t flen = 4u + ck_le16(x->extra + p + 2);
-		if (ck_le16(x->extra + p) != EXTRA_ZIP64)
+		if (ck_le16(x->extra + p) != EXTRA_ZIP64) {
+			if (b)
+				ck_buf_append(b, x->extra + p, flen);
 			kept += flen;
+		}
 		p += flen;
 	}
 	return kept;
@@ -499,7 +524,7 @@ static void put_central(struct ck_buf *b, const struct entry *x, uint16_t needed
 {
 	bool sizes = needs64(usize) || needs64(csize), off = needs64(lho);
 	size_t zlen = sizes || off ? 4u + (sizes ? 16u : 0u) + (off ? 8u : 0u) : 0;
-	size_t extra_len = zlen + kept_extra_len(x), p = 0;
+	size_t extra_len = zlen + kept_extras(NULL, x);
 	uint8_t h[CENTRAL_LEN];
 
 	memcpy(h, x->hdr, 6);                  /* signature, made by */
@@ -519,12 +544,7 @@ static void put_central(struct ck_buf *b, const struct entry *x, uint16_t needed
 	ck_buf_append(b, x->name, x->name_len);
 	if (extra_len <= 0xFFFF) {
 		put_zip64_extra(b, sizes, usize, csize, off, lho);
-		while (p + 4 <= x->extra_len && p + 4u + ck_le16(x->extra + p + 2) <= x->extra_len) {
-			size_t flen = 4u + ck_le16(x->extra + p + 2);
-			if (ck_le16(x->extra + p) != EXTRA_ZIP64)
-				ck_buf_append(b, x->extra + p, flen);
-			p += flen;
-		}
+		kept_extras(b, x);
 	}
 	ck_buf_append(b, x->comment, x->comment_len);
 }
@@ -535,7 +555,7 @@ static uint16_t pickle_needed(bool z64) { return z64 ? 45 : 0; }
 /* The most bytes put_pickle_head writes for entry x. */
 static size_t pickle_head_max(const struct entry *x)
 {
-	return LOCAL_LEN + x->name_len + 28u + 4u + SHIFT_UNIT - 1u;
+	return LOCAL_LEN + x->name_len + (4u + 16u + 8u) /* the largest zip64 extra */ + 4u + SHIFT_UNIT - 1u;
 }
 
 /* data.pkl's new record as torch's writer lays it out (stored, descriptor,
@@ -627,10 +647,8 @@ static int relayout(struct archive *a, const struct entry *pkl_ent, struct ck_la
 		done += k;
 	}
 	put_pickle_head(&head, pkl_ent, pkl_ent->lho, len, old_end % SHIFT_UNIT);
-	if (head.failed) {
-		ck_layout_builder_free(lb);
+	if (head.failed)
 		return ck_err_nomem(a->e);
-	}
 	rec_at = room - head.len;
 	memcpy(mem->data + rec_at, head.data, head.len);
 	ck_buf_free(&head);
