@@ -303,12 +303,14 @@ static uint64_t central_len(const uint8_t *h)
 }
 
 /* Reads the directory bytes after the window [0, *wl) too, so that the
- * window is the whole directory, read once. */
+ * window is the whole directory, read once; its size is claimed first. */
 static int read_rest(struct archive *a, uint8_t **w, uint64_t *wl)
 {
-	uint8_t *all = realloc(*w, a->cd_size);
+	uint8_t *all;
 
-	if (!all)
+	if (ck_src_claim(a->src, a->cd_size, a->e))
+		return -1;
+	if (!(all = realloc(*w, a->cd_size)))
 		return ck_err_nomem(a->e);
 	*w = all;
 	ck_prefault(all + *wl, a->cd_size - *wl);
