@@ -2,6 +2,13 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+#define PREFAULT_MIN ((size_t)64 << 10)
+#define PAGE ((uintptr_t)4096)
 
 static int grow(struct ck_buf *b, size_t n)
 {
@@ -26,6 +33,14 @@ static int grow(struct ck_buf *b, size_t n)
 fail:
 	b->failed = 1;
 	return -1;
+}
+
+int ck_buf_reserve(struct ck_buf *b, size_t n)
+{
+	if (grow(b, n))
+		return -1;
+	ck_prefault(b->data + b->len, n);
+	return 0;
 }
 
 void ck_buf_append(struct ck_buf *b, const void *p, size_t n)
@@ -71,4 +86,12 @@ void ck_buf_free(struct ck_buf *b)
 {
 	free(b->data);
 	memset(b, 0, sizeof(*b));
+}
+
+void ck_prefault(void *p, size_t n)
+{
+	uintptr_t from = ((uintptr_t)p + PAGE - 1) & ~(PAGE - 1), to = ((uintptr_t)p + n) & ~(PAGE - 1);
+
+	if (n >= PREFAULT_MIN && to > from)
+		(void)madvise((void *)from, to - from, MADV_POPULATE_WRITE);
 }

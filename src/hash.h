@@ -7,8 +7,8 @@
 
 #include <stddef.h>
 
-/* uthash's allocator; alone in hash.c so a unit test can supply its own
- * that fails on demand. */
+/* The allocator of the hash tables (uthash's, renames.c's); alone in
+ * hash.c so a unit test can supply its own that fails on demand. */
 void *ck_hash_malloc(size_t n);
 
 #define HASH_NONFATAL_OOM 1

@@ -28,18 +28,16 @@ static struct ck_extent *push(struct ck_layout_builder *b, uint64_t len)
 	return x;
 }
 
-void ck_layout_add_mem(struct ck_layout_builder *b, const void *p, size_t n)
+void ck_layout_add_mem_at(struct ck_layout_builder *b, size_t at, size_t n)
 {
-	size_t at = b->mem.len;
 	struct ck_extent *x;
 
-	ck_buf_append(&b->mem, p, n);
-	if (b->mem.failed) {
+	if (b->mem.failed)
 		b->failed = 1;
+	if (b->failed || n == 0)
 		return;
-	}
 	/* Adjacent memory extents are one extent: fewer segments per read. */
-	if (b->n && b->ext[b->n - 1].kind == CK_EXTENT_MEM) {
+	if (b->n && b->ext[b->n - 1].kind == CK_EXTENT_MEM && b->ext[b->n - 1].src_off + b->ext[b->n - 1].len == at) {
 		b->ext[b->n - 1].len += n;
 		b->size += n;
 		return;
@@ -49,6 +47,14 @@ void ck_layout_add_mem(struct ck_layout_builder *b, const void *p, size_t n)
 		x->kind = CK_EXTENT_MEM;
 		x->src_off = at;
 	}
+}
+
+void ck_layout_add_mem(struct ck_layout_builder *b, const void *p, size_t n)
+{
+	size_t at = b->mem.len;
+
+	ck_buf_append(&b->mem, p, n);
+	ck_layout_add_mem_at(b, at, n);
 }
 
 void ck_layout_add_src(struct ck_layout_builder *b, uint64_t src_off, uint64_t len)
@@ -78,12 +84,16 @@ void ck_layout_builder_free(struct ck_layout_builder *b)
 struct ck_layout *ck_layout_finish(struct ck_layout_builder *b, struct ck_err *e)
 {
 	struct ck_layout *l;
+	uint8_t *shrunk;
 
 	if (b->failed || b->mem.failed || !(l = calloc(1, sizeof(*l)))) {
 		ck_layout_builder_free(b);
 		ck_err_nomem(e);
 		return NULL;
 	}
+	/* a writer that reserved more than it wrote gives the rest back */
+	if (b->mem.cap - b->mem.len > 4096 && (shrunk = realloc(b->mem.data, b->mem.len ? b->mem.len : 1)))
+		b->mem.data = shrunk;
 	l->size = b->size;
 	l->n = b->n;
 	l->ext = b->ext;

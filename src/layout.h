@@ -37,6 +37,9 @@ struct ck_layout_builder {
 };
 
 void ck_layout_add_mem(struct ck_layout_builder *b, const void *p, size_t n);
+/* An extent over the bytes [at, at + n) of b->mem, which a writer put there
+ * itself (building a record in place saves a copy of it). */
+void ck_layout_add_mem_at(struct ck_layout_builder *b, size_t at, size_t n);
 void ck_layout_add_src(struct ck_layout_builder *b, uint64_t src_off, uint64_t len);
 /* Finishes the layout (merging nothing: extents stay as added); NULL + ENOMEM on failure. */
 struct ck_layout *ck_layout_finish(struct ck_layout_builder *b, struct ck_err *e);

@@ -76,7 +76,6 @@ static int object_pickle(const struct ck_src *src, uint64_t *off, uint8_t **buf,
 int ck_legacy_layout(const struct ck_src *src, const struct ck_view *v, struct ck_layout **out, struct ck_err *e)
 {
 	struct ck_layout_builder lb = {0};
-	struct ck_buf pkl = {0};
 	uint64_t off = 0;
 	uint8_t *buf = NULL;
 	size_t len = 0;
@@ -85,11 +84,8 @@ int ck_legacy_layout(const struct ck_src *src, const struct ck_view *v, struct c
 	*out = NULL;
 	if (object_pickle(src, &off, &buf, &len, e))
 		goto out;
-	if (ck_src_claim(src, ck_pickle_rewrite_memory(buf, len), e)) {
-		ck_err_context(e, "object pickle at file offset %llu: ", (unsigned long long)off);
-		goto out;
-	}
-	switch (ck_pickle_rewrite(buf, len, v, &pkl, e)) {
+	/* written where the view's memory holds it: no copy */
+	switch (ck_pickle_rewrite_src(src, buf, len, v, &lb.mem, e)) {
 	case CK_PICKLE_ERROR:
 		ck_err_context(e, "object pickle at file offset %llu: ", (unsigned long long)off);
 		goto out;
@@ -100,13 +96,13 @@ int ck_legacy_layout(const struct ck_src *src, const struct ck_view *v, struct c
 		break;
 	}
 	ck_layout_add_src(&lb, 0, off);
-	ck_layout_add_mem(&lb, pkl.data, pkl.len);
+	ck_layout_add_mem_at(&lb, 0, lb.mem.len);
 	ck_layout_add_src(&lb, off + len, src->size - off - len);
 	*out = ck_layout_finish(&lb, e);
 	rc = *out ? 0 : -1;
 out:
 	free(buf);
-	ck_buf_free(&pkl);
+	ck_layout_builder_free(&lb);
 	return rc;
 }
 

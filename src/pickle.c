@@ -32,13 +32,14 @@ void pk_free(void *p, size_t n)
 		munmap(p, big_len(n));
 }
 
-/* p (old bytes) resized to n > old bytes, the tail zeroed. */
-static void *big_resize(void *p, size_t old, size_t n)
+/* p (old bytes) resized to n > old bytes, the tail zeroed when `zero` (a
+ * mapping's always is). */
+static void *big_resize(void *p, size_t old, size_t n, bool zero)
 {
 	void *q;
 
 	if (n < BIG_ARRAY) {
-		if ((q = realloc(p, n)))
+		if ((q = realloc(p, n)) && zero)
 			memset((char *)q + old, 0, n - old);
 		return q;
 	}
@@ -58,7 +59,7 @@ static void *big_resize(void *p, size_t old, size_t n)
 	return q;
 }
 
-int pk_grow(void **v, uint32_t *cap, uint64_t want, size_t sz)
+int pk_grow(void **v, uint32_t *cap, uint64_t want, size_t sz, bool zero)
 {
 	uint64_t c = *cap ? *cap : 16;
 	void *p;
@@ -71,7 +72,7 @@ int pk_grow(void **v, uint32_t *cap, uint64_t want, size_t sz)
 		c = UINT32_MAX;
 	if (want > c || c > SIZE_MAX / sz)
 		return -1;
-	if (!(p = big_resize(*v, (size_t)*cap * sz, (size_t)c * sz)))
+	if (!(p = big_resize(*v, (size_t)*cap * sz, (size_t)c * sz, zero)))
 		return -1;
 	*v = p;
 	*cap = (uint32_t)c;
@@ -114,44 +115,61 @@ size_t ck_pickle_span(const uint8_t *in, size_t n, bool *short_input, struct ck_
 	return pk_scan(&m, false, short_input);
 }
 
-uint64_t ck_pickle_rewrite_memory(const uint8_t *in, size_t n)
+/* What rewriting takes for a pickle of n bytes and nops opcodes: its
+ * tables, and the output (under 2n + CK_PICKLE_GROWTH + the renamed keys:
+ * the source's, + 7 bytes an opcode at most) in a buffer grown by doubling. */
+static uint64_t rewrite_memory(uint32_t nops, size_t n)
 {
-	struct ck_err ignored;
-	struct machine m = {.in = in, .n = n, .e = &ignored};
-	bool short_input;
-
-	(void)pk_scan(&m, true, &short_input); /* up to where the rewriter fails too */
-	/* the output: under 2n + CK_PICKLE_GROWTH + the renamed keys (the
-	 * source's, + 7 bytes an opcode at most), in a buffer grown by doubling */
-	return (uint64_t)m.nops * CK_PICKLE_OP_MEMORY + 2 * (3 * (uint64_t)n + CK_PICKLE_GROWTH);
+	return (uint64_t)nops * CK_PICKLE_OP_MEMORY + 2 * (3 * (uint64_t)n + CK_PICKLE_GROWTH);
 }
 
-/* Tokenizes and runs the pickle, and marks its state dicts. */
+/* Runs the pickle pk_scan has checked and marks its state dicts. */
+static int run(struct machine *m)
+{
+	if (pk_run(m))
+		return -1;
+	return pk_find_state_dicts(m, m->stack.v[m->stack.n - 1].obj);
+}
+
 static int analyze(struct machine *m)
 {
 	bool short_input;
 
-	if (!pk_scan(m, true, &short_input) || pk_run(m))
-		return -1;
-	return pk_find_state_dicts(m, m->stack.v[m->stack.n - 1].obj);
+	return !pk_scan(m, true, &short_input) || run(m) ? -1 : 0;
+}
+
+/* Rewrites the pickle that m has scanned, and frees m. */
+static enum ck_pickle_result rewrite(struct machine *m, const struct ck_view *v, struct ck_buf *out)
+{
+	struct plan p = {.max_out = 2 * (uint64_t)m->n + CK_PICKLE_GROWTH};
+	enum ck_pickle_result r = CK_PICKLE_ERROR;
+
+	if (!run(m) && !pk_plan(m, &p, v)) {
+		if (!p.ren.n)
+			r = CK_PICKLE_UNCHANGED;
+		else if (!pk_emit(m, &p, out))
+			r = CK_PICKLE_REWRITTEN;
+	}
+	pk_plan_free(&p);
+	pk_machine_free(m);
+	return r;
 }
 
 enum ck_pickle_result ck_pickle_rewrite(const uint8_t *in, size_t n, const struct ck_view *v,
 					struct ck_buf *out, struct ck_err *e)
 {
-	struct machine m = {.in = in, .n = n, .e = e};
-	struct plan p = {.max_out = 2 * (uint64_t)n + CK_PICKLE_GROWTH};
-	enum ck_pickle_result r = CK_PICKLE_ERROR;
+	return ck_pickle_rewrite_src(NULL, in, n, v, out, e);
+}
 
-	if (!analyze(&m) && !pk_plan(&m, &p, v)) {
-		if (!p.ren.n)
-			r = CK_PICKLE_UNCHANGED;
-		else if (!pk_emit(&m, &p, out))
-			r = CK_PICKLE_REWRITTEN;
-	}
-	pk_plan_free(&p);
-	pk_machine_free(&m);
-	return r;
+enum ck_pickle_result ck_pickle_rewrite_src(const struct ck_src *src, const uint8_t *in, size_t n,
+					    const struct ck_view *v, struct ck_buf *out, struct ck_err *e)
+{
+	struct machine m = {.in = in, .n = n, .e = e};
+	bool short_input;
+
+	if (!pk_scan(&m, true, &short_input) || (src && ck_src_claim(src, rewrite_memory(m.nops, n), e)))
+		return CK_PICKLE_ERROR; /* nothing allocated yet */
+	return rewrite(&m, v, out);
 }
 
 int ck_pickle_describe(const uint8_t *in, size_t n, int *protocol, ck_found_fn fn, void *ctx,

@@ -10,6 +10,7 @@
 #include "buf.h"
 #include "describe.h"
 #include "err.h"
+#include "source.h"
 #include "view.h"
 
 enum ck_pickle_result {
@@ -36,18 +37,22 @@ enum ck_pickle_result {
  * dicts some 15. */
 #define CK_PICKLE_OP_MEMORY ((uint64_t)64)
 
-/* An upper bound of the memory ck_pickle_rewrite takes for in[0..n) beyond
- * the input itself: its opcodes counted (at most CK_PICKLE_MAX_OPS, where
- * it fails) times CK_PICKLE_OP_MEMORY, plus the output it may write.
- * Cheap (one pass, no allocation): a build claims it before rewriting. */
-uint64_t ck_pickle_rewrite_memory(const uint8_t *in, size_t n);
-
 /* The length of the pickle at the start of in (through its STOP), or 0 with
  * e set; *short_input tells the bytes ended before STOP. */
 size_t ck_pickle_span(const uint8_t *in, size_t n, bool *short_input, struct ck_err *e);
 
+/* The new pickle is appended to out (which may hold bytes already). */
 enum ck_pickle_result ck_pickle_rewrite(const uint8_t *in, size_t n, const struct ck_view *v,
 					struct ck_buf *out, struct ck_err *e);
+
+/* As ck_pickle_rewrite, for a pickle read from src: once its opcodes are
+ * counted (the first pass, no allocation), an upper bound of the memory
+ * the rewrite takes beyond the input is claimed from src's budget
+ * (ck_src_claim) before anything is allocated: the opcodes (at most
+ * CK_PICKLE_MAX_OPS, where it fails) times CK_PICKLE_OP_MEMORY, plus the
+ * output it may write. src NULL: nothing is claimed. */
+enum ck_pickle_result ck_pickle_rewrite_src(const struct ck_src *src, const uint8_t *in, size_t n,
+					    const struct ck_view *v, struct ck_buf *out, struct ck_err *e);
 
 /* Parses the pickle as ck_pickle_rewrite does and reports each state dict
  * it would rename to fn, with its path from the top object. *protocol is

@@ -49,7 +49,7 @@ static void flush_to(struct emitter *em, uint32_t op, bool skip)
 
 static struct ck_str ren_str(const struct plan *p, uint32_t r) /* r: rename + 1 */
 {
-	return (struct ck_str){p->ren.v[r - 1].s, p->ren.v[r - 1].len};
+	return pk_ren_name(p, &p->ren.v[r - 1]);
 }
 
 /* A memo get or DUP of a string: spelled out when the output holds another
@@ -82,16 +82,16 @@ static void emit_op(struct emitter *em, uint32_t op, const struct ren *r, const 
 		break;
 	case 'h': case 'j': case 'g': case '2':
 		if (f)
-			emit_copy(em, f, r && r->s ? (uint32_t)(r - em->p->ren.v) + 1 : 0);
+			emit_copy(em, f, r && r->named ? (uint32_t)(r - em->p->ren.v) + 1 : 0);
 		break;
 	case 'q': case 'r': case 'p': case 0x94:
 		if (f)
 			em->slot.v[f->b] = pk_renamed(em->p, f->a, em->r);
 		break;
 	default:
-		if (r && r->s) { /* a renamed key literal */
+		if (r && r->named) { /* a renamed key literal */
 			flush_to(em, op, true);
-			emit_str(em->out, r->s, r->len);
+			emit_str(em->out, pk_ren_name(em->p, r).s, r->len);
 		}
 	}
 }
@@ -99,11 +99,13 @@ static void emit_op(struct emitter *em, uint32_t op, const struct ren *r, const 
 int pk_emit(struct machine *m, const struct plan *p, struct ck_buf *out)
 {
 	struct emitter em = {.m = m, .p = p, .out = out};
+	size_t base = out->len; /* the pickle is appended to what out holds */
 	uint32_t f = 0;
 
-	if (VEC_RESERVE(em.slot, m->memo.cap + 1ull))
+	if (VEC_RESERVE_ZEROED(em.slot, m->memo.cap + 1ull))
 		return ck_err_nomem(m->e);
-	while ((em.r < p->ren.n || f < m->refs.n) && out->len <= p->max_out) {
+	ck_buf_reserve(out, m->n + m->n / 8); /* renames change a pickle's size little */
+	while ((em.r < p->ren.n || f < m->refs.n) && out->len - base <= p->max_out) {
 		uint32_t op = em.r < p->ren.n ? p->ren.v[em.r].op : UINT32_MAX;
 		const struct ren *rh = NULL;
 		const struct ref *fh = NULL;
@@ -116,12 +118,12 @@ int pk_emit(struct machine *m, const struct plan *p, struct ck_buf *out)
 			fh = &m->refs.v[f++];
 		emit_op(&em, op, rh, fh);
 	}
-	if (out->len <= p->max_out) /* else stopped where it went past */
+	if (out->len - base <= p->max_out) /* else stopped where it went past */
 		ck_buf_append(out, m->in + em.from, m->n - em.from);
 	VEC_FREE(em.slot);
 	if (out->failed)
 		return ck_err_nomem(m->e);
-	if (out->len > p->max_out)
+	if (out->len - base > p->max_out)
 		return ck_err_set(m->e, EIO,
 				  "pickle offset %zu: the view's pickle would be larger than %llu bytes (twice the "
 				  "source's + 1 MiB + the renamed keys): a string copied over and over",

@@ -144,7 +144,7 @@ static int report_state_dict(struct machine *m, const struct walk *w, uint32_t a
 
 	for (uint32_t k = at; k != 0; k = w->nodes.v[k].parent)
 		depth++;
-	if (VEC_RESERVE(keys, d.n + 1ull) || VEC_RESERVE(path, depth + 1ull)) {
+	if (VEC_RESERVE_ZEROED(keys, d.n + 1ull) || VEC_RESERVE(path, depth + 1ull)) {
 		rc = ck_err_nomem(m->e);
 		goto out;
 	}
@@ -198,7 +198,7 @@ static int walk_children(struct machine *m, struct walk *w, uint32_t at)
 int pk_report_state_dicts(struct machine *m, uint32_t root, ck_found_fn fn, void *ctx)
 {
 	struct walk w = {0};
-	int rc = VEC_RESERVE(w.seen, m->objs.n + 1ull) ? ck_err_nomem(m->e)
+	int rc = VEC_RESERVE_ZEROED(w.seen, m->objs.n + 1ull) ? ck_err_nomem(m->e)
 						   : walk_to(m, &w, root, UINT32_MAX, (struct ck_path_step){.index = -1});
 
 	for (uint32_t at = 0; at < w.nodes.n && !rc; at++) {

@@ -16,14 +16,18 @@
 
 #define VEC(T) struct { T *v; uint32_t n, cap; }
 
-/* Makes *cap >= want (doubling), the new tail zeroed; -1 when out of memory
- * or past UINT32_MAX elements. Arrays of 1 MiB and up get a mapping of
- * their own, backed by huge pages where the kernel has them. */
-int pk_grow(void **v, uint32_t *cap, uint64_t want, size_t sz);
+/* Makes *cap >= want (doubling), the new tail zeroed when `zero`; -1 when
+ * out of memory or past UINT32_MAX elements. Arrays of 1 MiB and up get a
+ * mapping of their own, backed by huge pages where the kernel has them. */
+int pk_grow(void **v, uint32_t *cap, uint64_t want, size_t sz, bool zero);
 void pk_free(void *p, size_t bytes);
 
+/* A table filled in order needs no zeroing (its tail is never read); one
+ * indexed at random (memo slots, seen flags) takes VEC_RESERVE_ZEROED. */
 #define VEC_RESERVE(x, want) \
-	((uint64_t)(want) <= (x).cap ? 0 : pk_grow((void **)&(x).v, &(x).cap, (want), sizeof(*(x).v)))
+	((uint64_t)(want) <= (x).cap ? 0 : pk_grow((void **)&(x).v, &(x).cap, (want), sizeof(*(x).v), false))
+#define VEC_RESERVE_ZEROED(x, want) \
+	((uint64_t)(want) <= (x).cap ? 0 : pk_grow((void **)&(x).v, &(x).cap, (want), sizeof(*(x).v), true))
 #define VEC_FREE(x) pk_free((x).v, (size_t)(x).cap * sizeof(*(x).v))
 
 /* ---- the symbolic machine's tables ------------------------------------- */
@@ -133,15 +137,22 @@ int pk_report_state_dicts(struct machine *m, uint32_t root, ck_found_fn fn, void
 enum { INS_NONE, INS_IN_BATCH, INS_SETITEM };
 struct ren {
 	uint32_t op, len;
-	char *s;
+	size_t at;    /* the new name: plan.names.data + at, len bytes, if named */
 	uint32_t seq; /* order planned: of two plans for one op, the later holds */
 	uint8_t ins;
+	bool named;
 };
 
 struct plan {
 	VEC(struct ren) ren;
-	uint64_t max_out; /* the output's bound (CK_PICKLE_GROWTH in pickle.h) */
+	struct ck_buf names; /* every new name, one after another: no allocation a key */
+	uint64_t max_out;    /* the output's bound (CK_PICKLE_GROWTH in pickle.h) */
 };
+
+static inline struct ck_str pk_ren_name(const struct plan *p, const struct ren *r)
+{
+	return (struct ck_str){(const char *)p->names.data + r->at, r->len};
+}
 
 int pk_plan(struct machine *m, struct plan *p, const struct ck_view *v);
 void pk_plan_free(struct plan *p);

@@ -8,7 +8,7 @@
 
 /* ---- objects and containers --------------------------------------------- */
 
-static uint32_t new_obj(struct machine *m, uint8_t kind, uint32_t a)
+static inline uint32_t new_obj(struct machine *m, uint8_t kind, uint32_t a)
 {
 	if (VEC_RESERVE(m->objs, m->objs.n + 1ull))
 		return NONE_ID;
@@ -32,7 +32,7 @@ static uint32_t new_container(struct machine *m, uint8_t kind)
 	return id;
 }
 
-static int push(struct machine *m, uint32_t obj, uint32_t op)
+static inline int push(struct machine *m, uint32_t obj, uint32_t op)
 {
 	if (VEC_RESERVE(m->stack, m->stack.n + 1ull))
 		return ck_err_nomem(m->e);
@@ -65,7 +65,7 @@ static int add_item(struct machine *m, uint32_t dict_obj, struct slot key, struc
 	return 0;
 }
 
-static int add_kid(struct machine *m, uint32_t seq_obj, uint32_t kid)
+static inline int add_kid(struct machine *m, uint32_t seq_obj, uint32_t kid)
 {
 	struct obj o = pk_obj(m, seq_obj);
 	uint32_t at;
@@ -89,7 +89,7 @@ static int add_kid(struct machine *m, uint32_t seq_obj, uint32_t kid)
 	return 0;
 }
 
-static int add_ref(struct machine *m, uint32_t op, uint32_t a, uint32_t b)
+static inline int add_ref(struct machine *m, uint32_t op, uint32_t a, uint32_t b)
 {
 	if (VEC_RESERVE(m->refs, m->refs.n + 1ull))
 		return ck_err_nomem(m->e);
@@ -221,7 +221,7 @@ static bool parse_uint_line(const uint8_t *s, size_t n, uint32_t *v)
 }
 
 /* A pickler's memo indices stay below its op count. */
-static int memo_index(struct machine *m, uint32_t op, uint32_t *idx)
+static inline int memo_index(struct machine *m, uint32_t op, uint32_t *idx)
 {
 	const uint8_t *a = m->in + op + 1;
 
@@ -261,7 +261,7 @@ static int op_put(struct machine *m, uint32_t op)
 		return pk_fail(m, op, "memo put with an empty stack");
 	if (memo_index(m, op, &idx))
 		return -1;
-	if (VEC_RESERVE(m->memo, idx + 1ull))
+	if (VEC_RESERVE_ZEROED(m->memo, idx + 1ull))
 		return ck_err_nomem(m->e);
 	top = below(m, 1);
 	if (!m->memo.v[idx])

@@ -8,8 +8,9 @@
 #include <string.h>
 #include "renames.h"
 
-struct str { char *s; uint32_t len; };
-typedef VEC(struct str) names_vec; /* a dict's new key names, in item order */
+/* A dict's new key names, in item order: where each stands in plan.names. */
+struct str { size_t at; uint32_t len; };
+typedef VEC(struct str) names_vec;
 
 static bool key_op_rewritable(uint8_t c)
 {
@@ -17,38 +18,39 @@ static bool key_op_rewritable(uint8_t c)
 	       c == '2';
 }
 
-static bool same(struct str a, struct ck_str b)
+/* A name's bytes; valid until the next name is added to the plan. */
+static const char *name_at(const struct plan *p, struct str a)
 {
-	return a.len == b.len && memcmp(a.s, b.s, a.len) == 0;
+	return (const char *)p->names.data + a.at;
 }
 
-static void free_names(names_vec *names)
+static bool same(const struct plan *p, struct str a, struct ck_str b)
 {
-	for (uint32_t k = 0; k < names->n; k++)
-		free(names->v[k].s);
-	VEC_FREE(*names);
+	return a.len == b.len && memcmp(name_at(p, a), b.s, a.len) == 0;
 }
 
 /* New names for the keys of a dict; *changed tells if any differs. */
-static int rename_all(struct machine *m, struct dict d, const struct ck_view *v, bool meta, names_vec *out,
-		      bool *changed)
+static int rename_all(struct machine *m, struct plan *p, struct dict d, const struct ck_view *v, bool meta,
+		      names_vec *out, bool *changed)
 {
 	if (VEC_RESERVE(*out, d.n + 1ull))
 		return ck_err_nomem(m->e);
 	FOR_ITEMS(m, d, k) {
 		struct ck_str key = pk_str(m, ITEM(m, k).key);
-		size_t nl;
-		char *s = meta ? ck_view_meta_key(v, key.s, key.len, &nl) : ck_view_key(v, key.s, key.len, &nl);
-		if (!s)
+		size_t at = p->names.len, nl = ck_view_rename_into(v, key.s, key.len, meta, &p->names);
+		if (p->names.failed)
 			return ck_err_nomem(m->e);
-		out->v[out->n++] = (struct str){s, (uint32_t)nl};
-		if (!same(out->v[out->n - 1], key))
+		if (nl > UINT32_MAX)
+			return pk_fail(m, ITEM(m, k).key_op, "renamed key longer than 4 GiB");
+		out->v[out->n++] = (struct str){at, (uint32_t)nl};
+		if (!same(p, out->v[out->n - 1], key))
 			*changed = true;
 	}
 	return 0;
 }
 
-static int check_collisions(struct machine *m, struct dict d, const names_vec *names)
+/* The set holds pointers into p->names, which grows only between checks. */
+static int check_collisions(struct machine *m, const struct plan *p, struct dict d, const names_vec *names)
 {
 	struct ck_renames set;
 	uint32_t i = 0;
@@ -59,10 +61,10 @@ static int check_collisions(struct machine *m, struct dict d, const names_vec *n
 		struct str name = names->v[i++];
 		if (rc)
 			break;
-		if ((rc = ck_renames_add(&set, name.s, name.len, ITEM(m, k).key, &taken_by, m->e)) == 1) {
+		if ((rc = ck_renames_add(&set, name_at(p, name), name.len, ITEM(m, k).key, &taken_by, m->e)) == 1) {
 			struct ck_str a = pk_str(m, (uint32_t)taken_by), b = pk_str(m, ITEM(m, k).key);
 			rc = ck_err_set(m->e, EIO, "keys '%.*s' and '%.*s' would both become '%.*s'", (int)a.len, a.s,
-					(int)b.len, b.s, (int)name.len, name.s);
+					(int)b.len, b.s, (int)name.len, name_at(p, name));
 		}
 	}
 	ck_renames_free(&set);
@@ -78,22 +80,21 @@ static int add_ren(struct machine *m, struct plan *p, struct ren r)
 	return 0;
 }
 
-/* Plans the keys whose name changes; their names move into the plan. */
-static int assign(struct machine *m, struct plan *p, struct dict d, names_vec *names)
+/* Plans the keys whose name changes. */
+static int assign(struct machine *m, struct plan *p, struct dict d, const names_vec *names)
 {
 	uint32_t i = 0;
 
 	FOR_ITEMS(m, d, k) {
 		struct item it = ITEM(m, k);
-		struct str *name = &names->v[i++];
-		if (same(*name, pk_str(m, it.key)))
+		struct str name = names->v[i++];
+		if (same(p, name, pk_str(m, it.key)))
 			continue;
 		if (!key_op_rewritable(OP_BYTE(m, it.key_op)))
 			return pk_fail(m, it.key_op, "state-dict key is neither a string nor a memo reference");
-		if (add_ren(m, p, (struct ren){.op = it.key_op, .len = name->len, .s = name->s}))
+		if (add_ren(m, p, (struct ren){.op = it.key_op, .len = name.len, .at = name.at, .named = true}))
 			return -1;
-		p->max_out += name->len + 5u;
-		name->s = NULL;
+		p->max_out += name.len + 5u;
 	}
 	return 0;
 }
@@ -103,12 +104,13 @@ static int assign(struct machine *m, struct plan *p, struct dict d, names_vec *n
  * entry first and every other name mapping to itself; renaming the whole
  * metadata maps that head '' to "module" too, and the root entry that also
  * becomes "module" then overwrites it in place, as unpickling assigns. */
-static int rename_meta(struct machine *m, struct dict md, const struct ck_view *v, names_vec *out, bool *in_form)
+static int rename_meta(struct machine *m, struct plan *p, struct dict md, const struct ck_view *v, names_vec *out,
+		       bool *in_form)
 {
 	bool changed = false;
 	uint32_t i = 0;
 
-	if (rename_all(m, md, v, true, out, &changed))
+	if (rename_all(m, p, md, v, true, out, &changed))
 		return -1;
 	if (!ck_view_adds_wrapper(v)) {
 		*in_form = !changed;
@@ -120,7 +122,7 @@ static int rename_meta(struct machine *m, struct dict md, const struct ck_view *
 		if (!*in_form)
 			break;
 		if (i++ >= 1)
-			*in_form = same(out->v[i - 1], pk_str(m, ITEM(m, k).key));
+			*in_form = same(p, out->v[i - 1], pk_str(m, ITEM(m, k).key));
 	}
 	return 0;
 }
@@ -140,16 +142,19 @@ static int plan_meta(struct machine *m, struct plan *p, struct dict md, const st
 {
 	names_vec names = {0};
 	bool in_form = true;
+	size_t mark = p->names.len;
 	int rc;
 
-	if ((rc = rename_meta(m, md, v, &names, &in_form)) || in_form || (rc = assign(m, p, md, &names)))
+	if ((rc = rename_meta(m, p, md, v, &names, &in_form)) || in_form || (rc = assign(m, p, md, &names))) {
+		p->names.len = mark; /* no name of it is planned */
 		goto out;
+	}
 	if (ck_view_adds_wrapper(v) && md.n) {
 		struct item head = ITEM(m, md.first);
 		rc = add_ren(m, p, (struct ren){.op = head.key_op, .ins = head.in_batch ? INS_IN_BATCH : INS_SETITEM});
 	}
 out:
-	free_names(&names);
+	VEC_FREE(names);
 	return rc;
 }
 
@@ -159,11 +164,14 @@ static int plan_dict(struct machine *m, struct plan *p, struct dict d, const str
 {
 	names_vec names = {0};
 	bool changed = false;
-	int rc = rename_all(m, d, v, false, &names, &changed);
+	size_t mark = p->names.len;
+	int rc = rename_all(m, p, d, v, false, &names, &changed);
 
-	if (!rc && changed && !(rc = check_collisions(m, d, &names)))
+	if (!rc && changed && !(rc = check_collisions(m, p, d, &names)))
 		rc = assign(m, p, d, &names);
-	free_names(&names);
+	if (!changed)
+		p->names.len = mark; /* the names a state dict already has take no room */
+	VEC_FREE(names);
 	if (rc || d.meta == NONE_ID || !all_str_keys(m, m->dicts.v[pk_obj(m, d.meta).a]))
 		return rc;
 	return plan_meta(m, p, m->dicts.v[pk_obj(m, d.meta).a], v);
@@ -193,10 +201,10 @@ static void sort_plan(struct plan *p)
 		struct ren x = p->ren.v[r];
 		if (w && p->ren.v[w - 1].op == x.op) {
 			struct ren *y = &p->ren.v[w - 1];
-			if (x.s) {
-				free(y->s);
-				y->s = x.s;
+			if (x.named) {
+				y->at = x.at;
 				y->len = x.len;
+				y->named = true;
 			}
 			if (x.ins)
 				y->ins = x.ins;
@@ -220,8 +228,7 @@ int pk_plan(struct machine *m, struct plan *p, const struct ck_view *v)
 
 void pk_plan_free(struct plan *p)
 {
-	for (uint32_t k = 0; k < p->ren.n; k++)
-		free(p->ren.v[k].s);
+	ck_buf_free(&p->names);
 	VEC_FREE(p->ren);
 }
 
@@ -231,6 +238,8 @@ uint32_t pk_renamed(const struct plan *p, uint32_t op, uint32_t hint)
 
 	if (!hint || p->ren.v[hint - 1].op < op)
 		return 0;
+	if (p->ren.v[hint - 1].op == op) /* the most common: the op just planned */
+		return p->ren.v[hint - 1].named ? hint : 0;
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
 		if (p->ren.v[mid].op < op)
@@ -238,5 +247,5 @@ uint32_t pk_renamed(const struct plan *p, uint32_t op, uint32_t hint)
 		else
 			hi = mid;
 	}
-	return lo < hint && p->ren.v[lo].op == op && p->ren.v[lo].s ? lo + 1 : 0;
+	return lo < hint && p->ren.v[lo].op == op && p->ren.v[lo].named ? lo + 1 : 0;
 }

@@ -79,50 +79,69 @@ static size_t op_length(const uint8_t *in, size_t n, size_t p, bool *known)
 	return 1 + (size_t)len;
 }
 
+/* The length of the op at p when its opcode says it without a search: a
+ * fixed size or a length prefix (0: a line op or unknown, for op_length).
+ * The ops of a state dict are nearly all of these. */
+static inline uint64_t quick_length(const uint8_t *in, size_t n, size_t p)
+{
+	static const uint8_t fixed[] = {[A_NONE] = 1, [A_U8] = 2, [A_U16] = 3, [A_U32] = 5, [A_U64] = 9, [A_F8] = 9};
+	uint8_t a = pk_op_arg[in[p]];
+
+	if (a != A_UNKNOWN && a <= A_F8)
+		return fixed[a];
+	if (a == A_STR1 && n - p >= 2)
+		return 2u + (uint64_t)in[p + 1];
+	if (a == A_STR4 && n - p >= 5)
+		return 5u + (uint64_t)ck_le32(in + p + 1);
+	return 0;
+}
+
 /* Walks the opcodes to STOP, counting them when `count`. Returns the
  * pickle's length, or 0 with e set; *short_input tells the input ended
  * before STOP (a caller reading a prefix of a file may read more). */
 size_t pk_scan(struct machine *m, bool count, bool *short_input)
 {
-	size_t p = 0;
+	const uint8_t *in = m->in;
+	size_t n = m->n, p = 0;
+	uint32_t nops = m->nops;
 
 	*short_input = false;
-	if (m->n > CK_PICKLE_MAX_BYTES) {
-		ck_err_set(m->e, EFBIG, "pickle of %zu bytes exceeds the %zu-byte limit", m->n, CK_PICKLE_MAX_BYTES);
+	if (n > CK_PICKLE_MAX_BYTES) {
+		ck_err_set(m->e, EFBIG, "pickle of %zu bytes exceeds the %zu-byte limit", n, CK_PICKLE_MAX_BYTES);
 		return 0;
 	}
-	for (;;) {
-		bool known;
-		size_t len;
+	while (p < n) {
+		uint8_t c = in[p];
+		uint64_t len = quick_length(in, n, p);
+		bool known = true;
 
-		if (p >= m->n) {
-			*short_input = true;
-			ck_err_set(m->e, EIO, "pickle offset %zu: ends without STOP", p);
-			return 0;
-		}
-		len = op_length(m->in, m->n, p, &known);
+		if (!len)
+			len = op_length(in, n, p, &known);
+		else if (len > n - p)
+			len = 0;
 		if (!known) {
-			ck_err_set(m->e, EIO, "pickle offset %zu: unknown opcode 0x%02x", p, m->in[p]);
+			ck_err_set(m->e, EIO, "pickle offset %zu: unknown opcode 0x%02x", p, c);
 			return 0;
 		}
 		if (!len) {
 			*short_input = true;
-			ck_err_set(m->e, EIO, "pickle offset %zu: opcode 0x%02x runs past the end (%zu bytes)", p,
-				   m->in[p], m->n);
+			ck_err_set(m->e, EIO, "pickle offset %zu: opcode 0x%02x runs past the end (%zu bytes)", p, c, n);
 			return 0;
 		}
-		if (count) {
-			if (m->nops == CK_PICKLE_MAX_OPS) {
-				ck_err_set(m->e, EFBIG, "pickle offset %zu: more than %u opcodes, the limit", p,
-					   CK_PICKLE_MAX_OPS);
-				return 0;
-			}
-			m->nops++;
+		if (count && nops++ == CK_PICKLE_MAX_OPS) {
+			ck_err_set(m->e, EFBIG, "pickle offset %zu: more than %u opcodes, the limit", p,
+				   CK_PICKLE_MAX_OPS);
+			return 0;
 		}
-		p += len;
-		if (m->in[p - len] == '.')
+		p += (size_t)len;
+		if (c == '.') {
+			m->nops = nops;
 			return p;
+		}
 	}
+	*short_input = true;
+	ck_err_set(m->e, EIO, "pickle offset %zu: ends without STOP", p);
+	return 0;
 }
 
 uint32_t pk_op_len_slow(const struct machine *m, uint32_t op)

@@ -5,22 +5,25 @@
 #define CKPTFS_RENAMES_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "err.h"
 
 struct ck_renamed;
 
 struct ck_renames {
-	struct ck_renamed *all, *set; /* room for cap names; the hash table over them */
-	size_t n, cap;
+	struct ck_renamed *all; /* room for cap names */
+	uint32_t *slot;         /* the hash table: index + 1 into all, 0 free */
+	size_t n, cap, mask;
+	uint64_t seed;
 };
 
-/* Room for cap names, or -1 with e set. */
+/* Room for cap names (the only allocation), or -1 with e set. */
 int ck_renames_init(struct ck_renames *r, size_t cap, struct ck_err *e);
 
 /* Gives name[0, len) to the key the caller knows as orig. 0: the name is
  * new; 1: an earlier key already has it, *taken_by tells which; -1 with e
- * set: out of memory, or more names than the room made. The name's bytes
- * must stay until ck_renames_free. */
+ * set: more names than the room made. The name's bytes must stay until
+ * ck_renames_free. */
 int ck_renames_add(struct ck_renames *r, const char *name, size_t len, size_t orig, size_t *taken_by,
 		   struct ck_err *e);
 

@@ -204,10 +204,16 @@ static int read_central(struct archive *a, uint64_t n_entries)
 {
 	uint64_t p = 0;
 
-	if (!(a->cd = malloc(a->cd_size ? a->cd_size : 1)) || !(a->ents = calloc(n_entries ? n_entries : 1, sizeof(*a->ents))))
+	if (!(a->ents = calloc(n_entries ? n_entries : 1, sizeof(*a->ents))))
 		return ck_err_nomem(a->e);
-	if (ck_src_read(a->src, a->cd, a->cd_size, a->cd_off, a->e))
-		return -1;
+	ck_prefault(a->ents, n_entries * sizeof(*a->ents));
+	if (!a->cd) { /* classify did not keep it */
+		if (!(a->cd = malloc(a->cd_size ? a->cd_size : 1)))
+			return ck_err_nomem(a->e);
+		ck_prefault(a->cd, a->cd_size);
+		if (ck_src_read(a->src, a->cd, a->cd_size, a->cd_off, a->e))
+			return -1;
+	}
 	for (a->n = 0; a->n < n_entries; a->n++) {
 		struct entry *x = &a->ents[a->n];
 		uint64_t at = a->cd_off + p;
@@ -240,8 +246,9 @@ static void archive_free(struct archive *a)
 }
 
 /* Whether name is <dir>/<rec>; torch's reader (miniz) matches record
- * names case-insensitively. */
-static bool is_record(const uint8_t *name, size_t nl, const uint8_t *dir, size_t dl, const char *rec)
+ * names case-insensitively. Inline: rec's length is then a constant, and
+ * most names are told apart by their length alone. */
+static inline bool is_record(const uint8_t *name, size_t nl, const uint8_t *dir, size_t dl, const char *rec)
 {
 	size_t rl = strlen(rec);
 
@@ -288,32 +295,66 @@ static int see_name(struct names *nm, const uint8_t *name, size_t nl, struct ck_
 }
 
 #define NAME_WINDOW ((size_t)256 << 10) /* holds any one entry: 46 + 3 * 65535 bytes */
+#define CD_KEEP ((uint64_t)4 << 20)       /* a checkpoint's directory up to this is read once, whole */
+
+static uint64_t central_len(const uint8_t *h)
+{
+	return (uint64_t)CENTRAL_LEN + ck_le16(h + 28) + ck_le16(h + 30) + ck_le16(h + 32);
+}
+
+/* Reads the directory bytes after the window [0, *wl) too, so that the
+ * window is the whole directory, read once; its size is claimed first. */
+static int read_rest(struct archive *a, uint8_t **w, uint64_t *wl)
+{
+	uint8_t *all;
+
+	if (ck_src_claim(a->src, a->cd_size, a->e))
+		return -1;
+	if (!(all = realloc(*w, a->cd_size)))
+		return ck_err_nomem(a->e);
+	*w = all;
+	ck_prefault(all + *wl, a->cd_size - *wl);
+	if (ck_src_read(a->src, all + *wl, a->cd_size - *wl, a->cd_off + *wl, a->e))
+		return -1;
+	*wl = a->cd_size;
+	return 0;
+}
 
 /* What kind of zip this is, from the entry names alone, reading the central
  * directory a window at a time: an ordinary zip (a large directory, entries
- * torch would refuse) is classified, never refused. */
+ * torch would refuse) is classified, never refused. The directory of what
+ * looks like a checkpoint, up to CD_KEEP, is read whole instead and kept
+ * for the checkpoint's steps. */
 static int classify(struct archive *a, uint64_t n_entries, enum ck_format *kind, size_t *dl)
 {
 	struct names nm = {0};
-	uint8_t *w = malloc(NAME_WINDOW);
 	uint64_t p = 0, wp = 0, wl = 0, k = 0;
+	size_t first = a->cd_size < NAME_WINDOW ? (size_t)a->cd_size : NAME_WINDOW;
+	uint8_t *w = malloc(first ? first : 1);
 	int rc = -1;
 
 	if (!w)
 		return ck_err_nomem(a->e);
+	ck_prefault(w, first);
 	for (; k < n_entries && (k == 0 || nm.torch_like); k++) {
-		if (wl == 0 || (p + CENTRAL_LEN + 3u * 0xFFFF > wp + wl && wp + wl < a->cd_size)) {
-			wp = p;
-			wl = a->cd_size - p < NAME_WINDOW ? a->cd_size - p : NAME_WINDOW;
-			if (ck_src_read(a->src, w, wl, a->cd_off + wp, a->e))
-				goto out;
+		uint64_t have = wp + wl - p;
+		if ((wl == 0 || have < CENTRAL_LEN || have < central_len(w + (p - wp))) && wp + wl < a->cd_size) {
+			if (wp == 0 && wl && nm.torch_like && a->cd_size <= CD_KEEP) {
+				if (read_rest(a, &w, &wl))
+					goto out;
+			} else {
+				wp = p;
+				wl = a->cd_size - p < NAME_WINDOW ? a->cd_size - p : NAME_WINDOW;
+				if (ck_src_read(a->src, w, wl, a->cd_off + wp, a->e))
+					goto out;
+			}
 		}
 		const uint8_t *h = w + (p - wp);
 		if (wp + wl - p < CENTRAL_LEN || ck_le32(h) != SIG_CENTRAL) {
 			rc = bad(a, a->cd_off + p, "central directory entry signature missing");
 			goto out;
 		}
-		uint64_t len = (uint64_t)CENTRAL_LEN + ck_le16(h + 28) + ck_le16(h + 30) + ck_le16(h + 32);
+		uint64_t len = central_len(h);
 		if (len > wp + wl - p) {
 			rc = bad(a, a->cd_off + p, "central directory entry runs past the directory");
 			goto out;
@@ -334,7 +375,10 @@ static int classify(struct archive *a, uint64_t n_entries, enum ck_format *kind,
 	rc = 0;
 out:
 	free(nm.dir);
-	free(w);
+	if (!rc && wp == 0 && wl == a->cd_size)
+		a->cd = w; /* all of it: read_central needs it again */
+	else
+		free(w);
 	return rc;
 }
 
@@ -418,6 +462,8 @@ static int read_pickle(struct archive *a, const struct entry *x, uint8_t **pkl, 
 				      (unsigned long long)x->usize);
 	if (!(*pkl = malloc(x->usize ? x->usize : 1)) || (method == 8 && !(raw = malloc(x->csize ? x->csize : 1))))
 		goto nomem;
+	ck_prefault(*pkl, x->usize);
+	ck_prefault(raw, x->csize);
 	if (ck_src_read(a->src, method == 8 ? raw : *pkl, x->csize, data, a->e))
 		goto out;
 	if (method == 8 && inflate_exact(a, raw, x->csize, *pkl, x->usize, data))
@@ -451,52 +497,74 @@ static void put_zip64_extra(struct ck_buf *b, bool sizes, uint64_t usize, uint64
 		ck_buf_u64le(b, lho);
 }
 
+static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8); }
+static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)v), put16(p + 2, (uint16_t)(v >> 16)); }
+
+/* Appends to b (NULL: only counts) the extras of x that put_central keeps:
+ * all but zip64, whose field it writes anew. Returns their length. */
+static size_t kept_extras(struct ck_buf *b, const struct entry *x)
+{
+	size_t p = 0, kept = 0;
+
+	while (p + 4 <= x->extra_len && p + 4u + ck_le16(x->extra + p + 2) <= x->extra_len) {
+		size_t flen = 4u + ck_le16(x->extra + p + 2);
+		if (ck_le16(x->extra + p) != EXTRA_ZIP64) {
+			if (b)
+				ck_buf_append(b, x->extra + p, flen);
+			kept += flen;
+		}
+		p += flen;
+	}
+	return kept;
+}
+
 /* One central directory entry, from the source's with new values; extras
- * other than zip64 are kept. */
+ * other than zip64 are kept. The fixed part is put together in place: the
+ * directory of a 20,000-tensor checkpoint is 20,000 of them. */
 static void put_central(struct ck_buf *b, const struct entry *x, uint16_t needed, uint16_t flags, uint16_t method,
 			uint32_t crc, uint64_t usize, uint64_t csize, uint64_t lho)
 {
 	bool sizes = needs64(usize) || needs64(csize), off = needs64(lho);
-	struct ck_buf extra = {0};
-	size_t p = 0;
+	size_t zlen = sizes || off ? 4u + (sizes ? 16u : 0u) + (off ? 8u : 0u) : 0;
+	size_t extra_len = zlen + kept_extras(NULL, x);
+	uint8_t h[CENTRAL_LEN];
 
-	put_zip64_extra(&extra, sizes, usize, csize, off, lho);
-	while (p + 4 <= x->extra_len && p + 4u + ck_le16(x->extra + p + 2) <= x->extra_len) {
-		size_t flen = 4u + ck_le16(x->extra + p + 2);
-		if (ck_le16(x->extra + p) != EXTRA_ZIP64)
-			ck_buf_append(&extra, x->extra + p, flen);
-		p += flen;
-	}
-	ck_buf_append(b, x->hdr, 6);           /* signature, made by */
-	ck_buf_u16le(b, needed);
-	ck_buf_u16le(b, flags);
-	ck_buf_u16le(b, method);
-	ck_buf_append(b, x->hdr + 12, 4);      /* time, date */
-	ck_buf_u32le(b, crc);
-	ck_buf_u32le(b, sizes ? U32_MAX_FIELD : (uint32_t)csize);
-	ck_buf_u32le(b, sizes ? U32_MAX_FIELD : (uint32_t)usize);
-	ck_buf_u16le(b, x->name_len);
-	ck_buf_u16le(b, (uint16_t)(extra.len <= 0xFFFF ? extra.len : 0));
-	ck_buf_u16le(b, x->comment_len);
-	ck_buf_append(b, x->hdr + 34, 8);      /* disk, internal and external attributes */
-	ck_buf_u32le(b, field32(lho));
+	memcpy(h, x->hdr, 6);                  /* signature, made by */
+	put16(h + 6, needed);
+	put16(h + 8, flags);
+	put16(h + 10, method);
+	memcpy(h + 12, x->hdr + 12, 4);        /* time, date */
+	put32(h + 16, crc);
+	put32(h + 20, sizes ? U32_MAX_FIELD : (uint32_t)csize);
+	put32(h + 24, sizes ? U32_MAX_FIELD : (uint32_t)usize);
+	put16(h + 28, x->name_len);
+	put16(h + 30, (uint16_t)(extra_len <= 0xFFFF ? extra_len : 0));
+	put16(h + 32, x->comment_len);
+	memcpy(h + 34, x->hdr + 34, 8);        /* disk, internal and external attributes */
+	put32(h + 42, field32(lho));
+	ck_buf_append(b, h, sizeof(h));
 	ck_buf_append(b, x->name, x->name_len);
-	if (extra.len <= 0xFFFF)
-		ck_buf_append(b, extra.data, extra.len);
+	if (extra_len <= 0xFFFF) {
+		put_zip64_extra(b, sizes, usize, csize, off, lho);
+		kept_extras(b, x);
+	}
 	ck_buf_append(b, x->comment, x->comment_len);
-	if (extra.failed)
-		b->failed = 1;
-	ck_buf_free(&extra);
 }
 
 /* The zip version a stored record needs: 4.5 with zip64 fields. */
 static uint16_t pickle_needed(bool z64) { return z64 ? 45 : 0; }
 
+/* The most bytes put_pickle_head writes for entry x. */
+static size_t pickle_head_max(const struct entry *x)
+{
+	return LOCAL_LEN + x->name_len + (4u + 16u + 8u) /* the largest zip64 extra */ + 4u + SHIFT_UNIT - 1u;
+}
+
 /* data.pkl's new record as torch's writer lays it out (stored, descriptor,
  * FB padding), with a pad that makes the record end at `end_mod` modulo
- * SHIFT_UNIT so that every later record keeps its page offset. */
-static void put_pickle_record(struct ck_buf *b, const struct entry *x, uint64_t lho, const uint8_t *pkl,
-			      uint64_t len, uint32_t crc, uint64_t end_mod)
+ * SHIFT_UNIT so that every later record keeps its page offset. The head
+ * is all that precedes the pickle's len bytes, the tail the descriptor. */
+static void put_pickle_head(struct ck_buf *b, const struct entry *x, uint64_t lho, uint64_t len, uint64_t end_mod)
 {
 	bool sizes = needs64(len), off = needs64(lho), z64 = sizes || off;
 	uint64_t zlen = z64 ? 4u + (sizes ? 16u : 0u) + (off ? 8u : 0u) : 0;
@@ -518,10 +586,13 @@ static void put_pickle_record(struct ck_buf *b, const struct entry *x, uint64_t 
 	ck_buf_u16le(b, EXTRA_PAD);
 	ck_buf_u16le(b, pad);
 	ck_buf_fill(b, 'Z', pad);
-	ck_buf_append(b, pkl, len);
+}
+
+static void put_pickle_tail(struct ck_buf *b, uint64_t lho, uint64_t len, uint32_t crc)
+{
 	ck_buf_u32le(b, SIG_DESCRIPTOR);
 	ck_buf_u32le(b, crc);
-	if (z64) {
+	if (needs64(len) || needs64(lho)) {
 		ck_buf_u64le(b, len);
 		ck_buf_u64le(b, len);
 	} else {
@@ -559,44 +630,53 @@ static void put_end_records(struct ck_buf *b, uint64_t n, uint64_t cd_off, uint6
 	ck_buf_append(b, comment, comment_len);
 }
 
-static int relayout(struct archive *a, const struct entry *pkl_ent, const struct ck_buf *pkl, uint64_t old_end,
-		    struct ck_layout **out)
+/* Lays the view out around the new pickle, which the rewriter wrote into
+ * lb's memory at `room`, after pickle_head_max(pkl_ent) bytes left for its
+ * record's head: the head goes right before it, then the descriptor and
+ * the new central directory follow, and nothing is copied. */
+static int relayout(struct archive *a, const struct entry *pkl_ent, struct ck_layout_builder *lb, size_t room,
+		    uint64_t old_end, struct ck_layout **out)
 {
-	struct ck_layout_builder lb = {0};
-	struct ck_buf rec = {0}, cd = {0};
+	struct ck_buf head = {0};
+	struct ck_buf *mem = &lb->mem;
+	uint64_t len = mem->len - room, cd_off, cd_at, rec_len, rec_at;
 	uint32_t crc = (uint32_t)crc32(0L, Z_NULL, 0);
-	uint64_t new_end, cd_off;
 	int64_t shift;
 
-	for (size_t done = 0; done < pkl->len;) { /* crc32's length is an uInt */
-		size_t k = pkl->len - done < (1u << 30) ? pkl->len - done : (1u << 30);
-		crc = (uint32_t)crc32(crc, pkl->data + done, (uInt)k);
+	for (size_t done = 0; done < len;) { /* crc32's length is an uInt */
+		size_t k = len - done < (1u << 30) ? len - done : (1u << 30);
+		crc = (uint32_t)crc32(crc, mem->data + room + done, (uInt)k);
 		done += k;
 	}
-	put_pickle_record(&rec, pkl_ent, pkl_ent->lho, pkl->data, pkl->len, crc, old_end % SHIFT_UNIT);
-	new_end = pkl_ent->lho + rec.len;
-	shift = (int64_t)(new_end - old_end);
+	put_pickle_head(&head, pkl_ent, pkl_ent->lho, len, old_end % SHIFT_UNIT);
+	if (head.failed)
+		return ck_err_nomem(a->e);
+	rec_at = room - head.len;
+	memcpy(mem->data + rec_at, head.data, head.len);
+	ck_buf_free(&head);
+	put_pickle_tail(mem, pkl_ent->lho, len, crc);
+	rec_len = mem->len - rec_at;
+	shift = (int64_t)(pkl_ent->lho + rec_len - old_end);
 	cd_off = a->cd_off + (uint64_t)shift;
+	cd_at = mem->len;
+	/* about the source's directory, a bit more where zip64 fields appear */
+	ck_buf_reserve(mem, a->cd_size + a->cd_size / 8 + EOCD64_LEN + LOCATOR64_LEN + EOCD_LEN + a->comment_len);
 	for (size_t i = 0; i < a->n; i++) {
 		const struct entry *x = &a->ents[i];
 		if (x == pkl_ent)
-			put_central(&cd, x, pickle_needed(needs64(pkl->len) || needs64(x->lho)), 0x0808, 0, crc,
-				    pkl->len, pkl->len, x->lho);
+			put_central(mem, x, pickle_needed(needs64(len) || needs64(x->lho)), 0x0808, 0, crc, len, len,
+				    x->lho);
 		else
-			put_central(&cd, x, ck_le16(x->hdr + 6), ck_le16(x->hdr + 8), ck_le16(x->hdr + 10),
+			put_central(mem, x, ck_le16(x->hdr + 6), ck_le16(x->hdr + 8), ck_le16(x->hdr + 10),
 				    ck_le32(x->hdr + 16), x->usize, x->csize,
 				    x->lho > pkl_ent->lho ? x->lho + (uint64_t)shift : x->lho);
 	}
-	put_end_records(&cd, a->n, cd_off, cd.len, a->comment, a->comment_len);
-	ck_layout_add_src(&lb, 0, pkl_ent->lho);
-	ck_layout_add_mem(&lb, rec.data, rec.len);
-	ck_layout_add_src(&lb, old_end, a->cd_off - old_end);
-	ck_layout_add_mem(&lb, cd.data, cd.len);
-	if (rec.failed || cd.failed)
-		lb.failed = 1;
-	ck_buf_free(&rec);
-	ck_buf_free(&cd);
-	*out = ck_layout_finish(&lb, a->e);
+	put_end_records(mem, a->n, cd_off, mem->len - cd_at, a->comment, a->comment_len);
+	ck_layout_add_src(lb, 0, pkl_ent->lho);
+	ck_layout_add_mem_at(lb, rec_at, rec_len);
+	ck_layout_add_src(lb, old_end, a->cd_off - old_end);
+	ck_layout_add_mem_at(lb, cd_at, mem->len - cd_at);
+	*out = ck_layout_finish(lb, a->e);
 	return *out ? 0 : -1;
 }
 
@@ -669,19 +749,22 @@ int ck_torchzip_layout(const struct ck_src *src, void *st, const struct ck_view 
 	struct zip_state *z = st;
 	struct archive *a = &z->a;
 	const struct entry *pkl_ent = NULL;
-	struct ck_buf pkl = {0};
+	struct ck_layout_builder lb = {0};
 	uint8_t *orig = NULL;
 	uint64_t data_end = 0, old_end = 0;
+	size_t room;
 	int rc = -1;
 
 	*out = NULL;
 	if (load_checkpoint(z, e, &pkl_ent, &orig, &data_end) || record_end(a, pkl_ent, data_end, &old_end))
 		goto out;
-	if (ck_src_claim(src, ck_pickle_rewrite_memory(orig, pkl_ent->usize), e)) {
-		pickle_context(a, pkl_ent, data_end);
-		goto out;
-	}
-	switch (ck_pickle_rewrite(orig, pkl_ent->usize, v, &pkl, e)) {
+	/* The pickle is written where the view's memory holds it, after room
+	 * for its record's head. */
+	room = pickle_head_max(pkl_ent);
+	ck_buf_fill(&lb.mem, 0, room);
+	if (lb.mem.failed)
+		goto nomem;
+	switch (ck_pickle_rewrite_src(src, orig, pkl_ent->usize, v, &lb.mem, e)) {
 	case CK_PICKLE_ERROR:
 		pickle_context(a, pkl_ent, data_end);
 		goto out;
@@ -689,11 +772,14 @@ int ck_torchzip_layout(const struct ck_src *src, void *st, const struct ck_view 
 		rc = 0;
 		goto out;
 	case CK_PICKLE_REWRITTEN:
-		rc = relayout(a, pkl_ent, &pkl, old_end, out);
+		rc = relayout(a, pkl_ent, &lb, room, old_end, out);
 	}
+	goto out;
+nomem:
+	rc = ck_err_nomem(e);
 out:
 	free(orig);
-	ck_buf_free(&pkl);
+	ck_layout_builder_free(&lb);
 	return rc;
 }
 

@@ -16,28 +16,31 @@ const struct ck_view ck_view_ddp = {
  * torch.compile. torch's clean_tensor_name and the FQNs of distributed
  * checkpoint drop them; `module` is not among them: inside a key it is a
  * real submodule (DDP wraps only the whole model). */
-static const char *const inner_wrappers[] = {
-	"_fsdp_wrapped_module", "_fpw_module", "_checkpoint_wrapped_module", "_orig_mod"};
-
 static bool is_inner_wrapper(const char *c, size_t n)
 {
-	for (size_t i = 0; i < sizeof(inner_wrappers) / sizeof(inner_wrappers[0]); i++)
-		if (strlen(inner_wrappers[i]) == n && memcmp(c, inner_wrappers[i], n) == 0)
-			return true;
-	return false;
+#define IS(lit) (n == sizeof(lit) - 1 && memcmp(c, lit, n) == 0)
+	/* every one starts with '_' and is 9 bytes or more: most components are
+	 * told apart by their first byte */
+	if (n < 9 || c[0] != '_')
+		return false;
+	return IS("_fsdp_wrapped_module") || IS("_fpw_module") || IS("_checkpoint_wrapped_module") ||
+	       IS("_orig_mod");
+#undef IS
 }
 
-/* The key without its inner wrapper components, malloc'ed. A tensor key's
- * last component is the tensor's own name and stays; a metadata key names
+/* Writes the key without its inner wrapper components to s (room for len
+ * bytes: it only shrinks) and returns its length. A tensor key's last
+ * component is the tensor's own name and stays; a metadata key names
  * modules only, so its last component may go too. */
-static char *clean(const char *key, size_t len, int meta, size_t *outlen)
+static size_t clean(const char *key, size_t len, int meta, char *s)
 {
-	char *s = malloc(len + 1);
 	size_t n = 0;
 	bool first = true;
 
-	if (!s)
-		return NULL;
+	if (!memchr(key, '_', len)) { /* no wrapper in it: most keys */
+		memcpy(s, key, len);
+		return len;
+	}
 	for (size_t at = 0; at <= len;) {
 		const char *dot = memchr(key + at, '.', len - at);
 		size_t cl = dot ? (size_t)(dot - (key + at)) : len - at;
@@ -51,9 +54,7 @@ static char *clean(const char *key, size_t len, int meta, size_t *outlen)
 		}
 		at += cl + 1;
 	}
-	s[n] = 0;
-	*outlen = n;
-	return s;
+	return n;
 }
 
 /* Strips leading wrapper components. In a metadata key a component may also
@@ -66,6 +67,8 @@ static size_t strip(const struct ck_view *v, const char *key, size_t len, int me
 	while (again) {
 		again = 0;
 		for (size_t i = 0; i < v->nstrip; i++) {
+			if (at < len && key[at] != v->strip[i][0])
+				continue; /* neither below can match */
 			size_t pl = strlen(v->strip[i]);
 			if (len - at >= pl && memcmp(key + at, v->strip[i], pl) == 0) {
 				at += pl;
@@ -78,45 +81,64 @@ static size_t strip(const struct ck_view *v, const char *key, size_t len, int me
 	return at;
 }
 
-static char *join(const struct ck_view *v, const char *rest, size_t rl, int meta, size_t *outlen)
+/* The bytes rename_key may write for a key of len bytes. */
+static size_t rename_room(const struct ck_view *v, size_t len)
 {
-	size_t al = v->add ? strlen(v->add) : 0;
-	char *s;
-
-	/* In metadata the root is "", so adding "module." to it gives "module". */
-	if (meta && al && rl == 0)
-		al--;
-	s = malloc(al + rl + 1);
-	if (!s)
-		return NULL;
-	memcpy(s, v->add ? v->add : "", al);
-	memcpy(s + al, rest, rl);
-	s[al + rl] = 0;
-	*outlen = al + rl;
-	return s;
+	return (v->add ? strlen(v->add) : 0) + len + 1;
 }
 
-static char *rename_key(const struct ck_view *v, const char *key, size_t len, int meta, size_t *outlen)
+/* Writes the new name, NUL-terminated, to s (rename_room bytes) and returns
+ * its length. The key is cleaned where the new name will stand, after room
+ * for the prefix to add; stripping and adding then move only what stays. */
+static size_t rename_key(const struct ck_view *v, const char *key, size_t len, int meta, char *s)
 {
-	char *cleaned = NULL, *s;
-	size_t at;
+	size_t room = v->add ? strlen(v->add) : 0, al = room, kl, at;
 
-	if (v->clean && !(key = cleaned = clean(key, len, meta, &len)))
-		return NULL;
-	at = strip(v, key, len, meta);
-	s = join(v, key + at, len - at, meta, outlen);
-	free(cleaned);
+	if (v->clean) {
+		kl = clean(key, len, meta, s + room);
+	} else {
+		memcpy(s + room, key, len);
+		kl = len;
+	}
+	at = strip(v, s + room, kl, meta);
+	kl -= at;
+	/* In metadata the root is "", so adding "module." to it gives "module". */
+	if (meta && al && kl == 0)
+		al--;
+	memmove(s + al, s + room + at, kl);
+	memcpy(s, v->add ? v->add : "", al);
+	s[al + kl] = 0;
+	return al + kl;
+}
+
+static char *rename_alloc(const struct ck_view *v, const char *key, size_t len, int meta, size_t *outlen)
+{
+	char *s = malloc(rename_room(v, len));
+
+	if (s)
+		*outlen = rename_key(v, key, len, meta, s);
 	return s;
 }
 
 char *ck_view_key(const struct ck_view *v, const char *key, size_t len, size_t *outlen)
 {
-	return rename_key(v, key, len, 0, outlen);
+	return rename_alloc(v, key, len, 0, outlen);
 }
 
 char *ck_view_meta_key(const struct ck_view *v, const char *key, size_t len, size_t *outlen)
 {
-	return rename_key(v, key, len, 1, outlen);
+	return rename_alloc(v, key, len, 1, outlen);
+}
+
+size_t ck_view_rename_into(const struct ck_view *v, const char *key, size_t len, bool meta, struct ck_buf *out)
+{
+	size_t n;
+
+	if (ck_buf_reserve(out, rename_room(v, len)))
+		return 0;
+	n = rename_key(v, key, len, meta, (char *)out->data + out->len);
+	out->len += n;
+	return n;
 }
 
 static bool valid_name(const char *s, size_t n)

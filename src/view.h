@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include "buf.h"
 #include "err.h"
 
 #define CK_VIEW_MAX_STRIP 8
@@ -35,6 +36,11 @@ char *ck_view_key(const struct ck_view *v, const char *key, size_t len, size_t *
 /* The same for a `_metadata` key, whose names are module paths without the
  * trailing dot: "module" means the wrapper's child, "" the root. */
 char *ck_view_meta_key(const struct ck_view *v, const char *key, size_t len, size_t *outlen);
+
+/* ck_view_key (meta: ck_view_meta_key) with the new name appended to out,
+ * no allocation a key: returns its length (not counting the NUL written
+ * after it, which out->len leaves out); out->failed tells out of memory. */
+size_t ck_view_rename_into(const struct ck_view *v, const char *key, size_t len, bool meta, struct ck_buf *out);
 
 /* A user-defined view from a mount option:
  *   NAME:strip=PREFIX[:strip=PREFIX...][:add=PREFIX]

@@ -12,7 +12,7 @@
 
 enum { ODICT = 0, REBUILD = 3 }; /* memo slots of the two globals */
 
-/* uthash's allocator (src/hash.c's is not linked in): fails on demand. */
+/* The hash tables' allocator (src/hash.c's is not linked in): fails on demand. */
 static int hash_oom;
 void *ck_hash_malloc(size_t n)
 {
@@ -686,7 +686,48 @@ static void test_amplification(void)
 	free(key);
 }
 
-/* uthash out of memory: an error for this pickle, not exit() (issue 9). */
+struct claims { int calls; uint64_t bytes; int refuse; };
+
+static int record_claim(void *ctx, uint64_t bytes, struct ck_err *e)
+{
+	struct claims *c = ctx;
+
+	c->calls++;
+	c->bytes += bytes;
+	return c->refuse ? ck_err_set(e, ENOMEM, "budget of the test refused %llu bytes", (unsigned long long)bytes)
+			 : 0;
+}
+
+/* A rewrite from a source claims its bound from the source's budget once,
+ * before it writes anything; refused, nothing is written. The new pickle is
+ * appended to what the buffer holds. */
+static void test_claim(void)
+{
+	struct sd_spec ddp = {{"module.0.weight", "module.0.bias"}, {"", "module", "module.0"}, 0};
+	struct claims c = {.refuse = 1};
+	struct ck_src src = {.fd = -1, .claim = record_claim, .claim_ctx = &c};
+	struct ck_buf in, want, out = {0};
+	struct ck_err e = {0};
+	enum ck_pickle_result r;
+
+	build_sd(&in, &ddp);
+	rewrite(&in, &ck_view_plain, &want, &e);
+	ck_buf_append(&out, "head", 4);
+	r = ck_pickle_rewrite_src(&src, in.data, in.len, &ck_view_plain, &out, &e);
+	ok(r == CK_PICKLE_ERROR && c.calls == 1 && c.bytes > 0 && strstr(e.msg, "refused") && out.len == 4,
+	   "a refused claim fails the rewrite before it writes (%d, %d claims, %s)", r, c.calls, e.msg);
+	c = (struct claims){0};
+	r = ck_pickle_rewrite_src(&src, in.data, in.len, &ck_view_plain, &out, &e);
+	ok(r == CK_PICKLE_REWRITTEN && c.calls == 1 && c.bytes >= out.len && out.len == 4 + want.len &&
+	   memcmp(out.data, "head", 4) == 0 && memcmp(out.data + 4, want.data, want.len) == 0,
+	   "a granted claim (%llu bytes) bounds the output, appended after what the buffer held",
+	   (unsigned long long)c.bytes);
+	ck_buf_free(&in);
+	ck_buf_free(&want);
+	ck_buf_free(&out);
+}
+
+/* The key table out of memory: an error for this pickle, not exit() (issue 9). */
 static void test_hash_oom(void)
 {
 	struct sd_spec ddp = {{"module.0.weight", "module.0.bias"}, {"", "module", "module.0"}, 0};
@@ -745,6 +786,7 @@ int main(void)
 	test_dup_memo();
 	test_amplification();
 	test_hash_oom();
+	test_claim();
 	test_wide_list();
 	return tap_done();
 }

@@ -2,12 +2,13 @@
  * named on a clash, out of memory an error, never an exit. */
 #include <errno.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include "renames.h"
 #include "tap.h"
 
-/* uthash's allocator (src/hash.c's is not linked in): fails on demand. */
+/* The hash tables' allocator (src/hash.c's is not linked in): fails on demand. */
 static int hash_oom;
 void *ck_hash_malloc(size_t n)
 {
@@ -57,12 +58,14 @@ static void test_out_of_memory(void)
 	struct ck_err e = {0};
 	size_t by;
 
-	ok(ck_renames_init(&r, 2, &e) == 0, "room for two names");
 	hash_oom = 1;
-	ok(ck_renames_add(&r, "a", 1, 0, &by, &e) == -1 && e.code == ENOMEM,
-	   "the hash table's allocation failing is ENOMEM, not an exit (%s)", e.msg);
+	ok(ck_renames_init(&r, 2, &e) == -1 && e.code == ENOMEM,
+	   "the table's allocation failing is ENOMEM, not an exit (%s)", e.msg);
 	hash_oom = 0;
-	ok(ck_renames_add(&r, "a", 1, 0, &by, &e) == 0, "the set stays usable after");
+	ok(ck_renames_init(&r, (size_t)UINT32_MAX, &e) == -1 && e.code == ENOMEM,
+	   "room for more names than the table indexes is refused (%s)", e.msg);
+	ok(ck_renames_init(&r, 2, &e) == 0 && ck_renames_add(&r, "a", 1, 0, &by, &e) == 0,
+	   "a set made after works");
 	ck_renames_free(&r);
 }
 

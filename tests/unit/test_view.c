@@ -4,14 +4,23 @@
 #include "tap.h"
 #include "view.h"
 
+/* Each case both ways: a name of its own, and appended to a buffer that
+ * holds bytes already (as the pickle planner collects every new name). */
 static void check(const struct ck_view *v, int meta, const char *in, const char *want)
 {
-	size_t n;
+	size_t n, m;
 	char *got = meta ? ck_view_meta_key(v, in, strlen(in), &n) : ck_view_key(v, in, strlen(in), &n);
+	struct ck_buf all = {0};
 
 	ok(got && n == strlen(want) && strcmp(got, want) == 0, "%s %s '%s' -> '%s' (got '%s')", v->name,
 	   meta ? "metadata" : "key", in, want, got ? got : "(null)");
+	ck_buf_append(&all, "before", 6);
+	m = ck_view_rename_into(v, in, strlen(in), meta, &all);
+	ok(!all.failed && m == strlen(want) && all.len == 6 + m && memcmp(all.data, "before", 6) == 0 &&
+	   memcmp(all.data + 6, want, m) == 0,
+	   "%s %s '%s' appended after other bytes", v->name, meta ? "metadata" : "key", in);
 	free(got);
+	ck_buf_free(&all);
 }
 
 int main(void)
