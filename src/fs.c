@@ -378,6 +378,23 @@ static void located_node(struct ck_fs *fs, const struct ck_located *loc, const s
 	na->passthrough = b && is_passthrough(b);
 }
 
+/* A version of a file whose view is built answers from the cache, without
+ * opening the file: the cache key is what fstat of the O_PATH descriptor
+ * says (size, mtime, ctime), and a view is kept only when the file held
+ * that version throughout its build. A writer that opened the file since
+ * but wrote nothing yet changes no byte; an open checks for one itself. */
+static bool built_attr(struct ck_fs *fs, const struct ck_located *loc, struct node_attr *na)
+{
+	struct ck_cache_key key = ck_cache_key_of(&loc->st, fs->views[loc->view]);
+	struct ck_cache_entry *ent = ck_cache_find(fs->cache, &key);
+
+	if (!ent)
+		return false;
+	located_node(fs, loc, &loc->st, loc->ident, ck_cache_built(ent), na);
+	ck_cache_put(fs->cache, ent);
+	return true;
+}
+
 /* A regular file's view is built here, so its size is exact before the
  * first read; its id is of the version the view was built from. A file the
  * daemon may not read, or whose view failed to build, keeps its source
@@ -391,6 +408,8 @@ static int located_attr(struct ck_fs *fs, const struct ck_located *loc, struct n
 		located_node(fs, loc, &loc->st, loc->ident, NULL, na);
 		return 0;
 	}
+	if (built_attr(fs, loc, na))
+		return 0;
 	err = open_source(fs, loc, &sf);
 	if (err == -EACCES || err == -EPERM || err == -EWOULDBLOCK || err == -EBUSY) {
 		located_node(fs, loc, err == -EBUSY ? &sf.st : &loc->st,
