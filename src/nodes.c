@@ -458,6 +458,10 @@ static int open_each_component(int dirfd, const char *path)
 
 	if (snprintf(copy, sizeof(copy), "%s", path) >= (int)sizeof(copy))
 		return -ENAMETOOLONG;
+	if (!strchr(path, '/')) { /* one name (a lookup's): no copy of dirfd to walk from */
+		fd = openat(dirfd, path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		return fd < 0 ? -errno : fd;
+	}
 	fd = openat(dirfd, ".", O_PATH | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
