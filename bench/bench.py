@@ -512,15 +512,18 @@ def many_files(src, mnt):
     for key, mk, d in (("view", lambda: ckptfs(src, mnt), os.path.join(mnt, "plain", rel)),
                        ("pll", lambda: passthrough(BIN["passthrough_ll_splice"], src, mnt),
                         os.path.join(mnt, rel))):
-        lc, lw, sc = [], [], []
+        lc, lw, lt, sc = [], [], [], []
         for _ in range(SLOW_REPS):
             with mk():
                 lc.append(timed(ls, d))
                 lw.append(timed(ls, d))
+                time.sleep(1.1)  # past the attribute and entry timeout: all asked again
+                lt.append(timed(ls, d))
             with mk():
                 sc.append(timed(stat_all, d))
         record(f"ls_{key}_cold", "s", lc, f"ls -l, fresh mount ({key})")
         record(f"ls_{key}_warm", "s", lw, f"ls -l again on the same mount ({key})")
+        record(f"ls_{key}_timeout", "s", lt, f"ls -l again past the 1 s timeout ({key})")
         record(f"stat_{key}_cold", "s", sc, f"stat of each file, fresh mount ({key})")
 
 
