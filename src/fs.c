@@ -1685,9 +1685,12 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_POSIX_ACL;
 	else
 		ck_log(LOG_WARNING, "the kernel cannot enforce POSIX ACLs: views check mode bits only");
-	/* READDIRPLUS as the kernel sees fit (list_dir): a listing alone
-	 * builds no view. */
-	conn->want |= conn->capable & (FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
+	/* READDIRPLUS only as the kernel sees fit (list_dir): a listing alone
+	 * must not build every file in it. */
+	if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO)
+		conn->want |= conn->capable & (FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
+	else
+		conn->want &= ~(unsigned)(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
 	/* Many readers of one checkpoint (DDP ranks) read ahead at once. */
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
