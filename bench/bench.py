@@ -543,20 +543,22 @@ def many_files(src, mnt):
     for key, mk, d in (("view", lambda: ckptfs(src, mnt), os.path.join(mnt, "plain", rel)),
                        ("pll", lambda: passthrough(BIN["passthrough_ll_splice"], src, mnt),
                         os.path.join(mnt, rel))):
-        lc, lw, sc, sw = [], [], [], []
+        lc, lw, lt, sc, st = [], [], [], [], []
         for _ in range(SLOW_REPS):
             with mk():
                 lc.append(timed(ls, d))
-                time.sleep(ATTR_TIMEOUT_S)  # past the kernel's attribute and entry timeouts
                 lw.append(timed(ls, d))
+                time.sleep(ATTR_TIMEOUT_S)  # past the attribute and entry timeouts: all asked again
+                lt.append(timed(ls, d))
             with mk():
                 sc.append(timed(stat_all, d))
                 time.sleep(ATTR_TIMEOUT_S)
-                sw.append(timed(stat_all, d))
+                st.append(timed(stat_all, d))
         record(f"ls_{key}_cold", "s", lc, f"ls -l, fresh mount ({key})")
-        record(f"ls_{key}_warm", "s", lw, f"ls -l again on the same mount, past the 1 s timeouts ({key})")
+        record(f"ls_{key}_warm", "s", lw, f"ls -l again right away ({key})")
+        record(f"ls_{key}_timeout", "s", lt, f"ls -l again past the 1 s timeouts ({key})")
         record(f"stat_{key}_cold", "s", sc, f"stat of each file, fresh mount ({key})")
-        record(f"stat_{key}_warm", "s", sw, f"stat of each file again, past the 1 s timeouts ({key})")
+        record(f"stat_{key}_timeout", "s", st, f"stat of each file again, past the 1 s timeouts ({key})")
 
 
 def converter(src, mnt):
@@ -803,12 +805,14 @@ def table():
         "rss_growth_pll", f"{g:.1f} MiB growth", "< 16 MiB", g < 16)
     for op, tgt in (("ls", 2.0), ("stat", 1.2)):
         what = "ls -l" if op == "ls" else "stat"
-        for v, when in (("cold", "fresh mount"), ("warm", "again on the same mount, past the 1 s timeouts")):
+        for v, when in (("cold", "fresh mount"), ("timeout", "again on the same mount, past the 1 s timeouts")):
             x = r_time(f"{op}_view_{v}", f"{op}_pll_{v}")
             row(f"{what} of 10,000 checkpoints, {when}, vs passthrough_ll", f"{op}_view_{v}", f"{op}_pll_{v}",
                 f"{x:.2f}×", f"≤ {tgt}×", x <= tgt)
         row(f"{what} of 10,000 checkpoints, fresh mount, vs the source", f"{op}_view_cold", f"{op}_source",
             f"{r_time(f'{op}_view_cold', f'{op}_source'):.1f}×", "", None)
+    row("ls -l of 10,000 checkpoints again right away (the kernel's cache) vs passthrough_ll", "ls_view_warm",
+        "ls_pll_warm", f"{r_time('ls_view_warm', 'ls_pll_warm'):.2f}×", "", None)
     x = med("convert") / (os.path.getsize(FILES["big"]) / med("view_cold") / 1e9)
     view_read = f"{os.path.getsize(FILES['big']) / med('view_cold') / 1e9 * 1e3:.0f} ms (view read, cold)"
     row(f"converter (+{med('convert_disk'):.0f} MiB disk) vs reading the view (0 extra disk)", "convert",

@@ -272,6 +272,18 @@ struct ck_cache_entry *ck_cache_get(struct ck_cache *c, const struct ck_cache_ke
 	return ent;
 }
 
+struct ck_cache_entry *ck_cache_find(struct ck_cache *c, const struct ck_cache_key *key)
+{
+	struct ck_cache_entry *ent;
+
+	pthread_mutex_lock(&c->lock);
+	HASH_FIND(hh, c->table, key, sizeof(*key), ent);
+	if (ent)
+		ent = wait_for(c, ent);
+	pthread_mutex_unlock(&c->lock);
+	return ent;
+}
+
 void ck_cache_put(struct ck_cache *c, struct ck_cache_entry *ent)
 {
 	pthread_mutex_lock(&c->lock);

@@ -59,6 +59,9 @@ void ck_cache_free(struct ck_cache *c);
  * memory. */
 struct ck_cache_entry *ck_cache_get(struct ck_cache *c, const struct ck_cache_key *key,
 				    const struct ck_src *src, struct ck_err *e);
+/* The entry for key, held, when one is built or being built (then waits
+ * for it); NULL when there is none: nothing is read or built. */
+struct ck_cache_entry *ck_cache_find(struct ck_cache *c, const struct ck_cache_key *key);
 void ck_cache_put(struct ck_cache *c, struct ck_cache_entry *ent);
 
 const struct ck_built *ck_cache_built(const struct ck_cache_entry *ent);

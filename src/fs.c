@@ -385,6 +385,23 @@ static void located_node(struct ck_fs *fs, const struct ck_located *loc, const s
 	na->passthrough = b && is_passthrough(b);
 }
 
+/* A version of a file whose view is built answers from the cache, without
+ * opening the file: the cache key is what fstat of the O_PATH descriptor
+ * says (size, mtime, ctime), and a view is kept only when the file held
+ * that version throughout its build. A writer that opened the file since
+ * but wrote nothing yet changes no byte; an open checks for one itself. */
+static bool built_attr(struct ck_fs *fs, const struct ck_located *loc, struct node_attr *na)
+{
+	struct ck_cache_key key = ck_cache_key_of(&loc->st, fs->views[loc->view]);
+	struct ck_cache_entry *ent = ck_cache_find(fs->cache, &key);
+
+	if (!ent)
+		return false;
+	located_node(fs, loc, &loc->st, loc->ident, ck_cache_built(ent), na);
+	ck_cache_put(fs->cache, ent);
+	return true;
+}
+
 /* A regular file's view is built here, so its size is exact before the
  * first read; its id is of the version the view was built from. A file the
  * daemon may not read, or whose view failed to build, keeps its source
@@ -398,6 +415,8 @@ static int located_attr(struct ck_fs *fs, const struct ck_located *loc, struct n
 		located_node(fs, loc, &loc->st, loc->ident, NULL, na);
 		return 0;
 	}
+	if (built_attr(fs, loc, na))
+		return 0;
 	err = open_source(fs, loc, &sf);
 	if (err == -EACCES || err == -EPERM || err == -EWOULDBLOCK || err == -EBUSY) {
 		located_node(fs, loc, err == -EBUSY ? &sf.st : &loc->st,
@@ -469,6 +488,76 @@ static int ref_node(struct ck_fs *fs, uint64_t id, bool may_find, struct node_at
 	return err;
 }
 
+/* READDIRPLUS: beside each name, what a lookup of it answers, where that is
+ * cheap, and a lookup reference the kernel takes with it. */
+struct plus {
+	uint64_t parent;       /* the directory's node id */
+	struct ck_located dir; /* located for this call; fd -1: names alone */
+	bool build;            /* views not built yet may be built */
+	uint64_t *ids;         /* the references taken for this reply */
+	size_t n;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Since when what the kernel was told still holds there (a reply's time
+ * is taken before it is sent, so the kernel's own timeout ends later). */
+static uint64_t told_window(uint64_t now)
+{
+	uint64_t t = (uint64_t)(TIMEOUT * 1e9);
+
+	return now > t ? now - t : 0;
+}
+
+static const char *const acl_names[];
+
+/* Whether a located source object has no access ACL (a symlink has none).
+ * By its O_PATH descriptor: no open, no lease to break. */
+static bool has_no_acl(const struct ck_located *loc)
+{
+	char proc[32];
+
+	if (S_ISLNK(loc->st.st_mode))
+		return true;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", loc->fd);
+	return getxattr(proc, acl_names[0], NULL, 0) < 0 && (errno == ENODATA || errno == EOPNOTSUPP);
+}
+
+/* What lookup answers for a child found (and closed here), with a lookup
+ * reference on its node; the kernel is told of it (ck_nodes_told), and its
+ * ACL is asked then, as ls -l asks for it next. For a listing, a regular
+ * file whose view it may not build is -EAGAIN, and a node the kernel was
+ * told of within the timeout -EALREADY: both are left to lookups. */
+static int child_entry(struct ck_fs *fs, uint64_t parent, const char *name, struct ck_located *loc,
+		       const struct plus *listing, struct node_attr *na)
+{
+	uint64_t now = now_ns();
+	bool no_acl = false;
+	int err;
+
+	if (!listing || listing->build || !S_ISREG(loc->st.st_mode))
+		err = located_attr(fs, loc, na);
+	else
+		err = built_attr(fs, loc, na) ? 0 : -EAGAIN;
+	if (!err && listing && ck_nodes_told_since(fs->nodes, na->attr.st_ino, told_window(now), NULL))
+		err = -EALREADY;
+	if (!err)
+		no_acl = has_no_acl(loc);
+	close(loc->fd);
+	if (!err)
+		err = ck_nodes_ref_child(fs->nodes, na->attr.st_ino, parent, name, loc->ident,
+					 na->passthrough);
+	if (!err)
+		ck_nodes_told(fs->nodes, na->attr.st_ino, now, no_acl);
+	return err;
+}
+
 static int lookup_child(struct ck_fs *fs, uint64_t parent, const char *name, struct node_attr *na)
 {
 	struct ck_located loc;
@@ -477,12 +566,7 @@ static int lookup_child(struct ck_fs *fs, uint64_t parent, const char *name, str
 	err = ck_nodes_locate_child(fs->nodes, parent, name, &loc);
 	if (adopted(fs, parent, err))
 		err = ck_nodes_locate_child(fs->nodes, parent, name, &loc);
-	if (err)
-		return err;
-	err = located_attr(fs, &loc, na);
-	close(loc.fd);
-	return err ? err : ck_nodes_ref_child(fs->nodes, na->attr.st_ino, parent, name, loc.ident,
-					      na->passthrough);
+	return err ? err : child_entry(fs, parent, name, &loc, NULL, na);
 }
 
 static int view_named(const struct ck_fs *fs, const char *name)
@@ -1234,12 +1318,12 @@ static int dir_of(struct ck_fs *fs, fuse_req_t req, uint64_t ino, uint64_t fh,
 	return won ? 0 : -ENOMEM;
 }
 
-/* Adds one entry; false when it does not fit. */
-static bool add_entry(fuse_req_t req, char *buf, size_t size, size_t *used, const char *name,
-		      uint64_t ino, mode_t type, off_t next)
+/* Adds one entry (e->ino 0: the name alone); false when it does not fit. */
+static bool add_entry(fuse_req_t req, bool plus, char *buf, size_t size, size_t *used, const char *name,
+		      const struct fuse_entry_param *e, off_t next)
 {
-	struct stat st = {.st_ino = ino, .st_mode = type};
-	size_t n = fuse_add_direntry(req, buf + *used, size - *used, name, &st, next);
+	size_t n = plus ? fuse_add_direntry_plus(req, buf + *used, size - *used, name, e, next)
+			: fuse_add_direntry(req, buf + *used, size - *used, name, &e->attr, next);
 
 	if (n > size - *used)
 		return false;
@@ -1247,15 +1331,34 @@ static bool add_entry(fuse_req_t req, char *buf, size_t size, size_t *used, cons
 	return true;
 }
 
-static size_t fill_root(fuse_req_t req, struct ck_fs *fs, char *buf, size_t size, off_t off)
+/* The node of a listed name as a lookup finds it (the kernel ignores "."
+ * and ".."; a name that changed since it was read is left to a lookup). */
+static void plus_entry(struct ck_fs *fs, struct plus *p, const char *name, struct fuse_entry_param *e)
+{
+	struct ck_located loc;
+	struct node_attr na;
+
+	if (p->dir.fd < 0 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
+	    ck_nodes_locate_in(fs->nodes, &p->dir, name, &loc) ||
+	    child_entry(fs, p->parent, name, &loc, p, &na))
+		return;
+	e->attr = na.attr;
+	e->generation = na.generation;
+	e->ino = na.attr.st_ino;
+	e->attr_timeout = e->entry_timeout = TIMEOUT;
+	p->ids[p->n++] = e->ino;
+}
+
+static size_t fill_root(fuse_req_t req, struct ck_fs *fs, bool plus, char *buf, size_t size, off_t off)
 {
 	size_t used = 0;
 
 	for (size_t i = (size_t)off; i < 2 + fs->nviews; i++) {
 		const char *name = i == 0 ? "." : i == 1 ? ".." : fs->views[i - 2]->name;
 		uint64_t ino = i < 2 ? FUSE_ROOT_ID : ck_nodes_view_root(fs->nodes, (unsigned)(i - 2));
+		struct fuse_entry_param e = {.attr = {.st_ino = ino, .st_mode = S_IFDIR}};
 
-		if (!add_entry(req, buf, size, &used, name, ino, S_IFDIR, (off_t)i + 1))
+		if (!add_entry(req, plus, buf, size, &used, name, &e, (off_t)i + 1))
 			break;
 	}
 	return used;
@@ -1263,8 +1366,9 @@ static size_t fill_root(fuse_req_t req, struct ck_fs *fs, char *buf, size_t size
 
 /* Reads the real directory on every call: nothing is listed from memory.
  * Entry inode numbers are advisory (taking the directory's device): a
- * directory's id, a file's id without its version; lookup gives the real ones. */
-static int fill_dir(fuse_req_t req, struct ck_fs *fs, struct dir_handle *d, char *buf,
+ * directory's id, a file's id without its version; lookup gives the real
+ * ones, as READDIRPLUS does where it answers for a name. */
+static int fill_dir(fuse_req_t req, struct ck_fs *fs, struct dir_handle *d, struct plus *p, char *buf,
 		    size_t size, off_t off, size_t *used)
 {
 	*used = 0;
@@ -1274,47 +1378,80 @@ static int fill_dir(fuse_req_t req, struct ck_fs *fs, struct dir_handle *d, char
 		d->pending = NULL;
 	}
 	for (;;) {
+		struct fuse_entry_param e = {.attr.st_ino = 0};
+
 		if (!d->pending) {
 			errno = 0;
 			d->pending = readdir(d->dp);
 			if (!d->pending)
 				return -errno;
 		}
-		if (!add_entry(req, buf, size, used, d->pending->d_name,
-			       ck_nodes_entry_ino(fs->nodes, d->dev, d->pending->d_ino, d->view),
-			       DTTOIF(d->pending->d_type), d->pending->d_off))
+		e.attr.st_ino = ck_nodes_entry_ino(fs->nodes, d->dev, d->pending->d_ino, d->view);
+		e.attr.st_mode = DTTOIF(d->pending->d_type);
+		if (p) {
+			/* room first: a reference taken is a reference replied */
+			if (fuse_add_direntry_plus(req, NULL, 0, d->pending->d_name, NULL, 0) > size - *used)
+				return 0;
+			plus_entry(fs, p, d->pending->d_name, &e);
+		}
+		if (!add_entry(req, p != NULL, buf, size, used, d->pending->d_name, &e, d->pending->d_off))
 			return 0;
 		d->offset = d->pending->d_off;
 		d->pending = NULL;
 	}
 }
 
-static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-		       struct fuse_file_info *fi)
+/* READDIRPLUS asks for a listing's first batch whoever lists it, and for
+ * the next ones only when the reader looked up a name since the last (ls
+ * -l, a stat of each entry): views are built for those, never for a
+ * listing alone. Elsewhere, names whose view is not built are left to
+ * lookups. */
+static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi,
+		     bool plus)
 {
 	struct ck_fs *fs = fs_of(req);
+	struct plus p = {.parent = ino, .dir.fd = -1, .build = off != 0};
 	char *buf = malloc(size);
 	size_t used = 0;
 	int err = 0;
 
-	if (!buf) {
+	if (plus && buf && fi->fh)
+		p.ids = malloc(size / fuse_add_direntry_plus(req, NULL, 0, "", NULL, 0) * sizeof(*p.ids));
+	if (!buf || (plus && fi->fh && !p.ids)) {
 		fuse_reply_err(req, ENOMEM);
+		free(buf);
 		return;
 	}
 	if (fi->fh) {
 		struct dir_handle *d;
 
 		err = dir_of(fs, req, ino, fi->fh, &d);
+		if (!err && plus && locate(fs, ino, &p.dir))
+			p.dir.fd = -1;
 		if (!err)
-			err = fill_dir(req, fs, d, buf, size, off, &used);
+			err = fill_dir(req, fs, d, plus ? &p : NULL, buf, size, off, &used);
+		if (p.dir.fd >= 0)
+			close(p.dir.fd);
 	} else
-		used = fill_root(req, fs, buf, size, off);
+		used = fill_root(req, fs, plus, buf, size, off);
 	/* Entries already read are worth replying; the error comes back next call. */
-	if (err && used == 0)
-		fuse_reply_err(req, -err);
-	else
-		fuse_reply_buf(req, buf, used);
+	if ((err && used == 0 ? fuse_reply_err(req, -err) : fuse_reply_buf(req, buf, used)))
+		for (size_t i = 0; i < p.n; i++) /* interrupted: the kernel took no reference */
+			ck_nodes_forget(fs->nodes, p.ids[i], 1);
+	free(p.ids);
 	free(buf);
+}
+
+static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	list_dir(req, ino, size, off, fi, false);
+}
+
+static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi)
+{
+	list_dir(req, ino, size, off, fi, true);
 }
 
 static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
@@ -1422,7 +1559,12 @@ static ssize_t source_acl(struct ck_fs *fs, uint64_t id, const char *name, void 
 	struct ck_located loc = {.fd = -1};
 	char proc[32];
 	ssize_t n;
+	bool none;
 
+	/* ls -l asks right after the lookup, which found none */
+	if (strcmp(name, acl_names[0]) == 0 &&
+	    ck_nodes_told_since(fs->nodes, id, told_window(now_ns()), &none) && none)
+		return -ENODATA;
 	if (id == FUSE_ROOT_ID) {
 		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", ck_nodes_root_fd(fs->nodes));
 	} else {
@@ -1601,8 +1743,12 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_POSIX_ACL;
 	else
 		ck_log(LOG_WARNING, "the kernel cannot enforce POSIX ACLs: views check mode bits only");
-	/* Plain readdir: listing a directory must not build every file in it. */
-	conn->want &= ~(unsigned)(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
+	/* READDIRPLUS only as the kernel sees fit (list_dir): a listing alone
+	 * must not build every file in it. */
+	if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO)
+		conn->want |= conn->capable & (FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
+	else
+		conn->want &= ~(unsigned)(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
 	/* Many readers of one checkpoint (DDP ranks) read ahead at once. */
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
@@ -1623,6 +1769,7 @@ const struct fuse_lowlevel_ops ck_fs_ops = {
 	.release = fs_release,
 	.opendir = fs_opendir,
 	.readdir = fs_readdir,
+	.readdirplus = fs_readdirplus,
 	.releasedir = fs_releasedir,
 	.statfs = fs_statfs,
 	.getxattr = fs_getxattr,

@@ -29,6 +29,8 @@ struct node {
 	unsigned view;
 	bool pinned;         /* the mount root and the view roots stay for the whole mount */
 	bool passthrough;    /* a regular file that was no checkpoint */
+	bool no_acl;         /* its source had no access ACL when the kernel was told of it */
+	uint64_t told_ns;    /* when the kernel was last told of it (ck_nodes_told) */
 	uint64_t ident;      /* of the object, when known */
 	UT_hash_handle hh;
 };
@@ -305,6 +307,33 @@ int ck_nodes_ref_child(struct ck_nodes *t, uint64_t id, uint64_t parent, const c
 	return err;
 }
 
+void ck_nodes_told(struct ck_nodes *t, uint64_t id, uint64_t now_ns, bool no_acl)
+{
+	struct node *n;
+
+	pthread_mutex_lock(&t->lock);
+	n = find(t, id);
+	if (n) {
+		n->told_ns = now_ns;
+		n->no_acl = no_acl;
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+bool ck_nodes_told_since(struct ck_nodes *t, uint64_t id, uint64_t since_ns, bool *no_acl)
+{
+	struct node *n;
+	bool told;
+
+	pthread_mutex_lock(&t->lock);
+	n = find(t, id);
+	told = n && n->nlookup && n->told_ns && n->told_ns >= since_ns;
+	if (told && no_acl)
+		*no_acl = n->no_acl;
+	pthread_mutex_unlock(&t->lock);
+	return told;
+}
+
 int ck_nodes_ref(struct ck_nodes *t, uint64_t id)
 {
 	struct node *n;
@@ -429,6 +458,10 @@ static int open_each_component(int dirfd, const char *path)
 
 	if (snprintf(copy, sizeof(copy), "%s", path) >= (int)sizeof(copy))
 		return -ENAMETOOLONG;
+	if (!strchr(path, '/')) { /* one name (a lookup's): no copy of dirfd to walk from */
+		fd = openat(dirfd, path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		return fd < 0 ? -errno : fd;
+	}
 	fd = openat(dirfd, ".", O_PATH | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -595,12 +628,20 @@ int ck_nodes_locate_child(struct ck_nodes *t, uint64_t parent, const char *name,
 	err = ck_nodes_locate(t, parent, &dir);
 	if (err)
 		return err;
-	err = open_beneath(t, dir.fd, name, loc);
+	err = ck_nodes_locate_in(t, &dir, name, loc);
 	close(dir.fd);
+	return err;
+}
+
+int ck_nodes_locate_in(struct ck_nodes *t, const struct ck_located *dir, const char *name,
+		       struct ck_located *loc)
+{
+	int err = open_beneath(t, dir->fd, name, loc);
+
 	if (err)
 		return err;
-	loc->view = dir.view;
-	show_path(loc, dir.path, name, dir.cut);
+	loc->view = dir->view;
+	show_path(loc, dir->path, name, dir->cut);
 	return 0;
 }
 

@@ -83,6 +83,10 @@ int ck_nodes_locate_latest(struct ck_nodes *t, uint64_t id, struct ck_located *l
  * parent (not the mount root). */
 int ck_nodes_locate_child(struct ck_nodes *t, uint64_t parent, const char *name,
 			  struct ck_located *loc);
+/* The same beneath a directory already located (a listing finds each of
+ * its entries so). */
+int ck_nodes_locate_in(struct ck_nodes *t, const struct ck_located *dir, const char *name,
+		       struct ck_located *loc);
 
 /* Lookup counts: every entry replied to the kernel takes one reference,
  * every forget drops some; a node leaves the table when the kernel holds
@@ -91,6 +95,15 @@ int ck_nodes_locate_child(struct ck_nodes *t, uint64_t parent, const char *name,
 int ck_nodes_ref_child(struct ck_nodes *t, uint64_t id, uint64_t parent, const char *name,
 		       uint64_t ident, bool passthrough);
 int ck_nodes_ref(struct ck_nodes *t, uint64_t id);
+/* The kernel was told of node id at now_ns (a monotonic clock) in a reply
+ * that took a reference, and whether its source had no access ACL then.
+ * It keeps what it was told for the entry timeout: until then, telling it
+ * again only makes it drop what it cached (the ACL: ls -l asks for it), and
+ * an ACL it asks for may be answered as it was then. */
+void ck_nodes_told(struct ck_nodes *t, uint64_t id, uint64_t now_ns, bool no_acl);
+/* Whether the kernel holds node id and was told of it at since_ns or later;
+ * if so, *no_acl (when not NULL) as ck_nodes_told recorded it. */
+bool ck_nodes_told_since(struct ck_nodes *t, uint64_t id, uint64_t since_ns, bool *no_acl);
 /* For an id the table has forgotten that the kernel still has in a file
  * handle (NFS export): searches the source tree for it, remembers where,
  * and takes a reference. -ESTALE when no such object exists any more. */

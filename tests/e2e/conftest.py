@@ -172,15 +172,16 @@ _live_lock = threading.Lock()
 class Mount:
     """A foreground ckptfs daemon serving `src` at `mnt`."""
 
-    def __init__(self, src, mnt, log, opts=()):
+    def __init__(self, src, mnt, log, opts=(), flags=()):
         self.src, self.mnt, self.log_path, self.opts = src, mnt, log, list(opts)
+        self.flags = list(flags)  # e.g. ["-d"]: libfuse logs every request
         self.proc = None
 
     def start(self):
         need_binary()
         os.makedirs(self.mnt, exist_ok=True)
         self.logf = open(self.log_path, "ab")
-        args = [CKPTFS, "mount", "-f"]
+        args = [CKPTFS, "mount", "-f"] + self.flags
         for o in self.opts:
             args += ["-o", o]
         args += [self.src, self.mnt]

@@ -344,6 +344,30 @@ static void rm_at(int at_fd, const char *name)
 	unlinkat(at_fd, name, AT_REMOVEDIR);
 }
 
+/* What the kernel was told of a node, and when, holds while it holds the node. */
+static void test_told(void)
+{
+	struct ck_nodes *t = table(1);
+	uint64_t v0 = ck_nodes_view_root(t, 0), a, x;
+	bool no_acl = false;
+
+	a = lookup(t, v0, "f");
+	x = lookup(t, a, "x.pth");
+	ok(!ck_nodes_told_since(t, x, 0, &no_acl), "a node the kernel was never told of");
+	ck_nodes_told(t, x, 1000, true);
+	ok(ck_nodes_told_since(t, x, 1000, &no_acl) && no_acl, "told at 1000, with no ACL");
+	ok(!ck_nodes_told_since(t, x, 1001, &no_acl), "not since 1001");
+	ck_nodes_told(t, x, 2000, false);
+	ok(ck_nodes_told_since(t, x, 1500, &no_acl) && !no_acl, "told again: the newest counts");
+	ck_nodes_forget(t, x, 1);
+	ok(!ck_nodes_told_since(t, x, 0, NULL), "forgotten: the kernel holds nothing of it");
+	ok(lookup(t, a, "x.pth") == x && !ck_nodes_told_since(t, x, 0, NULL),
+	   "looked up again: a new entry, never told");
+	ck_nodes_forget(t, x, 1);
+	ck_nodes_forget(t, a, 1);
+	ck_nodes_free(t);
+}
+
 int main(void)
 {
 	if (!mkdtemp(root))
@@ -360,6 +384,8 @@ int main(void)
 	mk("f/b");
 	put("f/b/x.pth", "x");
 	test_counts_and_forget();
+	put("f/x.pth", "x");
+	test_told();
 	mk("s");
 	mk("s/sub");
 	put("s/x.pth", "x");
