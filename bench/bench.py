@@ -736,6 +736,24 @@ def rng(key):
     return f"{fmt(f['median'], f['unit'])} [{fmt(f['min'], f['unit'])}–{fmt(f['max'], f['unit'])}]"
 
 
+def nfs_rows(row):
+    """NFS against a local read of the view, and against ganesha exporting
+    the ext4 source itself: what ganesha, loopback and the client allow."""
+    for v, tgt in (("3", 0.8), ("4", None)):
+        x = med(f"nfs{v}_read_vs_local")
+        row(f"NFSv{v} read of a view (8 READs in flight, -o direct_io) vs a local read of it",
+            f"nfs{v}_read", "nfs_local_read", f"{x:.2f}×", f"≥ {tgt}×" if tgt else "", x >= tgt if tgt else None)
+        x = med(f"nfs{v}_read") / med(f"nfs{v}_source_read")
+        row(f"NFSv{v} read of a view (-o direct_io) vs ganesha exporting the ext4 source (its own bound)",
+            f"nfs{v}_read", f"nfs{v}_source_read", f"{x:.2f}×", "", None)
+    x = med("nfs3_read_cached") / med("nfs3_source_read")
+    row("NFSv3 read of a view, default mount, vs ganesha exporting the ext4 source", "nfs3_read_cached",
+        "nfs3_source_read", f"{x:.2f}×", "", None)
+    x = med("nfs3_cat_vs_local")
+    row("NFSv3 nfs-cat (one READ at a time, -o direct_io) vs a local read of the view", "nfs3_cat",
+        "nfs_local_read", f"{x:.2f}×", "", None)
+
+
 def table():
     best_pll = max(("pll_cold", "pll_splice_cold", "pll_splice_ra512_cold"), key=med)
     rows = []
@@ -813,6 +831,8 @@ def table():
             f"{r_time(f'{op}_view_cold', f'{op}_source'):.1f}×", "", None)
     row("ls -l of 10,000 checkpoints again right away (the kernel's cache) vs passthrough_ll", "ls_view_warm",
         "ls_pll_warm", f"{r_time('ls_view_warm', 'ls_pll_warm'):.2f}×", "", None)
+    if "nfs3_read" in RAW["figures"]:
+        nfs_rows(row)
     x = med("convert") / (os.path.getsize(FILES["big"]) / med("view_cold") / 1e9)
     view_read = f"{os.path.getsize(FILES['big']) / med('view_cold') / 1e9 * 1e3:.0f} ms (view read, cold)"
     row(f"converter (+{med('convert_disk'):.0f} MiB disk) vs reading the view (0 extra disk)", "convert",
