@@ -542,6 +542,8 @@ def many_files(src, mnt):
     record("stat_source", "s", [timed(stat_all, small) for _ in range(REPS)], "stat of each source file")
     for key, mk, d in (("view", lambda: ckptfs(src, mnt), os.path.join(mnt, "plain", rel)),
                        ("pll", lambda: passthrough(BIN["passthrough_ll_splice"], src, mnt),
+                        os.path.join(mnt, rel)),
+                       ("pllx", lambda: passthrough(BIN["passthrough_ll_splice"], src, mnt, "xattr"),
                         os.path.join(mnt, rel))):
         lc, lw, lt, sc, st = [], [], [], [], []
         for _ in range(SLOW_REPS):
@@ -829,6 +831,10 @@ def table():
                 f"{x:.2f}×", f"≤ {tgt}×", x <= tgt)
         row(f"{what} of 10,000 checkpoints, fresh mount, vs the source", f"{op}_view_cold", f"{op}_source",
             f"{r_time(f'{op}_view_cold', f'{op}_source'):.1f}×", "", None)
+    for v, when in (("cold", "fresh mount"), ("timeout", "again past the timeouts")):
+        x = r_time(f"ls_view_{v}", f"ls_pllx_{v}")
+        row(f"ls -l of 10,000 checkpoints, {when}, vs passthrough_ll -o xattr (ls asks each file for two "
+            "extended attributes: a round trip each)", f"ls_view_{v}", f"ls_pllx_{v}", f"{x:.2f}×", "", None)
     row("ls -l of 10,000 checkpoints again right away (the kernel's cache) vs passthrough_ll", "ls_view_warm",
         "ls_pll_warm", f"{r_time('ls_view_warm', 'ls_pll_warm'):.2f}×", "", None)
     if "nfs3_read" in RAW["figures"]:
