@@ -655,11 +655,12 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 /* The daemon never follows a link, the reader's kernel does. A target
  * that is an absolute path into the source becomes the relative path to
- * the same file in the view (linkpath.h); others stay as written. */
+ * the same file in the view (linkpath.h); others stay as written. A link
+ * deeper than PATH_MAX takes its whole path from the node table. */
 static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 {
 	struct ck_fs *fs = fs_of(req);
-	char target[PATH_MAX], shown[PATH_MAX];
+	char target[PATH_MAX], shown[PATH_MAX], *whole = NULL;
 	struct ck_located loc;
 	ssize_t n = -1;
 	int err = locate(fs, ino, &loc);
@@ -671,14 +672,15 @@ static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 	}
 	if (!err) {
 		target[n] = '\0';
-		/* an absolute target is made relative to the link's place,
-		 * which a path longer than PATH_MAX cannot give */
 		if (loc.cut && target[0] == '/')
-			err = -ENAMETOOLONG;
-		else if (ck_link_in_view(target, loc.path, (const char *const *)fs->roots, fs->nroots, shown,
-				    sizeof(shown)) < 0)
-			err = -ENAMETOOLONG;
+			err = ck_nodes_path(fs->nodes, ino, &whole);
 	}
+	/* a relative form longer than any link can be ("../" for each level
+	 * up) has no way through FUSE; the raw target would lead out of the view */
+	if (!err && ck_link_in_view(target, whole ? whole : loc.path, (const char *const *)fs->roots, fs->nroots,
+				    shown, sizeof(shown)) < 0)
+		err = -ENAMETOOLONG;
+	free(whole);
 	if (err) {
 		fuse_reply_err(req, -err);
 		return;

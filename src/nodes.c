@@ -607,6 +607,19 @@ int ck_nodes_locate_latest(struct ck_nodes *t, uint64_t id, struct ck_located *l
 	return -ESTALE;
 }
 
+int ck_nodes_path(struct ck_nodes *t, uint64_t id, char **path)
+{
+	uint64_t ident;
+	unsigned view;
+	bool passthrough;
+	int err;
+
+	pthread_mutex_lock(&t->lock);
+	err = path_of(t, id, path, &view, &ident, &passthrough);
+	pthread_mutex_unlock(&t->lock);
+	return err;
+}
+
 int ck_nodes_locate(struct ck_nodes *t, uint64_t id, struct ck_located *loc)
 {
 	bool passthrough;

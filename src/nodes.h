@@ -113,6 +113,10 @@ int ck_nodes_find_and_ref(struct ck_nodes *t, uint64_t id);
 void ck_nodes_set_find_budget(struct ck_nodes *t, size_t entries);
 void ck_nodes_forget(struct ck_nodes *t, uint64_t id, uint64_t nlookup);
 
+/* The whole path of node id relative to the source root ("." for the root),
+ * however long (allocated; the caller frees it). */
+int ck_nodes_path(struct ck_nodes *t, uint64_t id, char **path);
+
 /* The directory a node was found in; the mount root is its own parent. */
 int ck_nodes_parent(struct ck_nodes *t, uint64_t id, uint64_t *parent);
 

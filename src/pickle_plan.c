@@ -103,7 +103,9 @@ static int assign(struct machine *m, struct plan *p, struct dict d, const names_
  * shape. A view that adds the wrapper wants the wrapper's own ('', ...)
  * entry first and every other name mapping to itself; renaming the whole
  * metadata maps that head '' to "module" too, and the root entry that also
- * becomes "module" then overwrites it in place, as unpickling assigns. */
+ * becomes "module" then overwrites it in place, as unpickling assigns. A
+ * metadata without the root entry '' (crafted) has no "module" after the
+ * view: the view of the view must still find it in form. */
 static int rename_meta(struct machine *m, struct plan *p, struct dict md, const struct ck_view *v, names_vec *out,
 		       bool *in_form)
 {
@@ -117,7 +119,7 @@ static int rename_meta(struct machine *m, struct plan *p, struct dict md, const 
 		return 0;
 	}
 	/* the wrapper's entry '' first, then the wrapped root ("module") */
-	*in_form = md.n >= 2 && pk_str(m, ITEM(m, md.first).key).len == 0 && out->v[1].len == strlen(v->add) - 1;
+	*in_form = md.n >= 2 && pk_str(m, ITEM(m, md.first).key).len == 0;
 	FOR_ITEMS(m, md, k) {
 		if (!*in_form)
 			break;

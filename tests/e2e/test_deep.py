@@ -56,15 +56,17 @@ def _read_at(dir_fd, name):
         os.close(fd)
 
 
-def _descend(top, mkdir=False):
-    """The descriptor of the bottom directory, opened level by level."""
+def _descend(top, mkdir=False, beside=()):
+    """The descriptor of the bottom directory, opened level by level; the
+    top also holds the names `beside`."""
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for name in NAMES:
             if mkdir:
                 os.mkdir(name, dir_fd=fd)
             else:
-                assert os.listdir(fd) == [name]
+                assert sorted(os.listdir(fd)) == sorted([name, *beside])
+                beside = ()
             nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
             fd = nxt
@@ -134,3 +136,44 @@ def test_deeper_than_path_max_logged_cut(deep):
     # the name keeps its end, and the message after it has room
     assert any("plain/\u2026/" in ln and NAMES[-1] + "/bad.pth: " in ln and
                len(ln.split("bad.pth: ", 1)[1]) > 10 for ln in lines), lines
+
+
+def test_deeper_than_path_max_symlinks(deep):
+    """A link at the bottom reads as the source has it, but that an absolute
+    target into the source reads as the relative path to the same place in
+    the view, as everywhere else: the reader's kernel resolves it there."""
+    m, sd = deep
+    _write_at(None, os.path.join(m.src, "top.pth"), _torch_bytes(sd))
+    links = {
+        "to_top": m.src + "/top.pth",                 # absolute, into the source
+        "to_level1": m.src + "/" + NAMES[0] + "/",    # absolute, a directory in it
+        "elsewhere": "/nonexistent/" + "e" * 200,     # absolute, out of the source
+        "beside": "x.pth",                            # relative
+    }
+    fd = _descend(m.src, beside=["top.pth"])
+    try:
+        for name, target in links.items():
+            os.symlink(target, name, dir_fd=fd)
+        as_in_source = {name: os.readlink(name, dir_fd=fd) for name in links}
+    finally:
+        os.close(fd)
+    assert as_in_source == links
+    up = "../" * LEVELS
+    shown = dict(links, to_top=up + "top.pth", to_level1=up[3:-1])    # "../" 39 times, as for any directory above
+    for view in ckref.VIEWS:
+        fd = _descend(m.path(view), beside=["top.pth"])
+        try:
+            assert {name: os.readlink(name, dir_fd=fd) for name in links} == shown
+            # each leads to the view's own file, not the raw source
+            want = [k[len("module."):] for k in sd] if view == "plain" else list(sd)
+            for name in ("to_top", "beside"):
+                got = torch.load(io.BytesIO(_read_at(fd, name)), weights_only=True)
+                assert list(got) == want, name
+            level1 = os.open("to_level1", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            try:
+                assert os.fstat(level1).st_dev == os.stat(m.path(view)).st_dev
+                assert os.listdir(level1) == [NAMES[1]]
+            finally:
+                os.close(level1)
+        finally:
+            os.close(fd)

@@ -313,6 +313,14 @@ static void test_deeper_than_path_max(void)
 	   strcmp(loc.path + len - 9, "039/x.pth") == 0,
 	   "its shown path is cut at the front with an ellipsis: %.20s...%s", loc.path, loc.path + len - 20);
 	close(loc.fd);
+	{
+		char *whole = NULL;
+		deep_name(name, 0);
+		ok(ck_nodes_path(t, x, &whole) == 0 && strlen(whole) == DEEP_LEVELS * 121 + 5 &&
+		   strncmp(whole, name, 120) == 0 && strcmp(whole + DEEP_LEVELS * 121 - 4, "039/x.pth") == 0,
+		   "its whole path, for a link's target, has every level (%zu bytes)", whole ? strlen(whole) : 0);
+		free(whole);
+	}
 	ck_nodes_forget(t, x, 1);
 	for (int i = DEEP_LEVELS; i > 0; i--)
 		ck_nodes_forget(t, ids[i], 1);

@@ -195,6 +195,26 @@ static void test_setitem_metadata(void)
 	ck_buf_free(&w);
 }
 
+/* A metadata without the root entry '' (crafted; found by fuzz_pickle):
+ * the ddp view inserts the wrapper's entry and prefixes the rest, and the
+ * ddp view of that is the same pickle. */
+static void test_headless_metadata(void)
+{
+	struct sd_spec headless = {{"0.weight"}, {"0", "1"}, 0};
+	struct ck_buf in, out = {0}, again = {0};
+	struct ck_err e;
+
+	build_sd(&in, &headless);
+	ok(rewrite(&in, &ck_view_ddp, &out, &e) == CK_PICKLE_REWRITTEN, "ddp of a headless metadata (%s)", e.msg);
+	ok(memmem(out.data, out.len, "module.1", 8) != NULL, "its names gain module.");
+	expect_unchanged("the ddp view of that view is itself", &out, &ck_view_ddp);
+	ok(rewrite(&out, &ck_view_plain, &again, &e) == CK_PICKLE_REWRITTEN, "plain of it (%s)", e.msg);
+	expect_unchanged("the plain view of that view is itself", &again, &ck_view_plain);
+	ck_buf_free(&in);
+	ck_buf_free(&out);
+	ck_buf_free(&again);
+}
+
 /* A key string used again as data must keep its value: the memo get in
  * the data position becomes a literal of the original string. */
 static void test_memo_sharing(void)
@@ -774,6 +794,7 @@ int main(void)
 {
 	test_plain_and_ddp();
 	test_setitem_metadata();
+	test_headless_metadata();
 	test_memo_sharing();
 	test_shared_keys();
 	test_not_state_dicts();
