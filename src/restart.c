@@ -103,7 +103,8 @@ void ck_restart_init(struct fuse_session *se)
 			.flags = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_EXPORT_SUPPORT |
 				 FUSE_SPLICE_WRITE | FUSE_SPLICE_MOVE | FUSE_SPLICE_READ |
 				 FUSE_AUTO_INVAL_DATA | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS |
-				 FUSE_MAX_PAGES | FUSE_INIT_EXT,
+				 FUSE_MAX_PAGES | FUSE_INIT_EXT | FUSE_POSIX_ACL | FUSE_DO_READDIRPLUS |
+				 FUSE_READDIRPLUS_AUTO,
 		},
 	};
 	struct fuse_buf buf = {.size = sizeof(msg), .mem = &msg};
