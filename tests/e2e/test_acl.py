@@ -166,3 +166,39 @@ def test_acl_holds_while_a_checkpoint_or_log_changes(public_tmp, tmp_path):
     finally:
         problems = m.stop()
     assert not problems, problems
+
+
+def test_acl_added_after_ls_l_holds_past_the_timeout(public_tmp, tmp_path):
+    """ls -l (READDIRPLUS) records that a file had no ACL and answers the
+    ACL ls asks next from that; an ACL added afterwards must still hold
+    for another user once the 1 s timeout has passed."""
+    _need_acls(public_tmp)
+    src = os.path.join(public_tmp, "src")
+    _mk(src, 0o755)
+    ck = read_bytes(os.path.join(_src_with_ckpt(str(tmp_path / "ck")), "a.pt"))
+    for i in range(40):  # more than one listing batch
+        _mk(os.path.join(src, "f%02d.pt" % i), 0o644, data=ck)
+    m = Mount(src, os.path.join(public_tmp, "mnt"), str(tmp_path / "log"), opts=["allow_other"]).start()
+    try:
+        d = m.path("plain")
+        names = ["f%02d.pt" % i for i in range(40)]
+        for _ in range(2):  # the second ls -l answers ACLs from what the listing recorded
+            r = subprocess.run(["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups",
+                                "ls", "-l", d], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert r.returncode == 0 and "+" not in r.stdout.decode().split("\n", 1)[1], r
+        got = _as_nobody([os.path.join(d, n) for n in names])
+        assert all(isinstance(got[os.path.join(d, n)]["read"], str) for n in names)
+        for n in names[::2]:
+            _setfacl(os.path.join(src, n), "-m", "u:nobody:---")
+        time.sleep(1.5)
+        got = _as_nobody([os.path.join(d, n) for n in names])
+        for i, n in enumerate(names):
+            want_denied = i % 2 == 0
+            assert (got[os.path.join(d, n)]["read"] == errno.EACCES) == want_denied, (n, got[os.path.join(d, n)])
+        r = subprocess.run(["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups",
+                            "ls", "-l", d], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        plus = {ln.split()[-1] for ln in r.stdout.decode().splitlines()[1:] if ln.split()[0].endswith("+")}
+        assert plus == set(names[::2]), plus
+    finally:
+        problems = m.stop()
+    assert not problems, problems
