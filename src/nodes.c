@@ -456,12 +456,12 @@ static int open_each_component(int dirfd, const char *path)
 	char copy[PATH_MAX], *rest = copy, *name;
 	int fd;
 
-	if (snprintf(copy, sizeof(copy), "%s", path) >= (int)sizeof(copy))
-		return -ENAMETOOLONG;
-	if (!strchr(path, '/')) { /* one name (a lookup's): no copy of dirfd to walk from */
+	if (!strchr(path, '/')) { /* one name (a lookup's): nothing to copy or walk */
 		fd = openat(dirfd, path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 		return fd < 0 ? -errno : fd;
 	}
+	if (snprintf(copy, sizeof(copy), "%s", path) >= (int)sizeof(copy))
+		return -ENAMETOOLONG;
 	fd = openat(dirfd, ".", O_PATH | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
